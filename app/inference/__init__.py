@@ -1,0 +1,17 @@
+"""Everything between request bytes and predictions: configs, sessions, pre- and postprocessing."""
+
+from .config import ConfigError, ModelConfig
+from .errors import InferenceError
+from .model import ModelVersion, Prediction
+from .registry import ModelRegistry
+from .timing import Stages
+
+__all__ = [
+    "ConfigError",
+    "InferenceError",
+    "ModelConfig",
+    "ModelRegistry",
+    "ModelVersion",
+    "Prediction",
+    "Stages",
+]

@@ -1,0 +1,195 @@
+"""Image bytes to model input: decode safely, then apply a model's ``[preprocess]``.
+
+The digits model is trained on images passed through this same code, so
+what a person uploads is transformed exactly as the training data was.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from .config import Preprocess
+from .errors import InferenceError
+
+# Formats Pillow may try; anything else is refused before a decoder runs.
+FORMATS = ("PNG", "JPEG", "GIF", "BMP", "WEBP", "TIFF")
+# Content cropping works on a shrunken copy: this many times the model's input side is plenty.
+CONTENT_WORK_FACTOR = 16
+# A pixel belongs to the foreground when brighter than this share of the brightest one.
+FOREGROUND_THRESHOLD = 0.25
+
+
+def decode(data: bytes, max_pixels: int, pre: Preprocess) -> Image.Image:
+    """Decode image bytes, refusing non-images, bombs and truncated files."""
+    if not data:
+        raise InferenceError(400, "the image is empty")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data), formats=FORMATS)
+    except UnidentifiedImageError:
+        raise InferenceError(415, f"not a supported image; send one of {', '.join(FORMATS)}") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise InferenceError(413, f"the image has more than {max_pixels} pixels") from None
+    except (OSError, SyntaxError, ValueError):
+        raise InferenceError(400, "the image header is corrupt") from None
+    width, height = image.size
+    if width * height > max_pixels:
+        raise InferenceError(413, f"the image has {width}x{height} pixels; the limit is {max_pixels}")
+    if width < 1 or height < 1:
+        raise InferenceError(400, "the image has no pixels")
+    # JPEG can decode at 1/2, 1/4 or 1/8 scale: far faster for photos much larger than needed.
+    image.draft(pre.color_mode, _draft_size(pre, width, height))
+    try:
+        image.load()
+        image = ImageOps.exif_transpose(image)
+    except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError):
+        raise InferenceError(400, "the image data is corrupt or truncated") from None
+    return image
+
+
+def _draft_size(pre: Preprocess, width: int, height: int) -> tuple[int, int]:
+    target_h, target_w = pre.size
+    if pre.crop_to_content:
+        side = CONTENT_WORK_FACTOR * max(pre.size)
+        return side, side
+    if pre.resize == "center_crop":
+        side = int(max(pre.size) / pre.crop_fraction)
+        return side, side
+    return target_w, target_h
+
+
+def to_array(image: Image.Image, pre: Preprocess) -> np.ndarray:
+    """Apply ``pre`` to a decoded image: a float32 array in the model's layout, no batch axis."""
+    image = _flatten_alpha(image).convert(pre.color_mode)
+    if pre.invert != "never" or pre.autocontrast or pre.crop_to_content:
+        image = _isolate_foreground(image, pre)
+    image = _resize(image, pre)
+    array = np.asarray(image, dtype=np.float32)
+    if array.ndim == 2:
+        array = array[:, :, None]
+    if pre.autocontrast:
+        peak = array.max()
+        if peak > 0:
+            array *= 255.0 / peak
+    array = (array * pre.scale - np.asarray(pre.mean, np.float32)) / np.asarray(pre.std, np.float32)
+    if pre.layout == "NCHW":
+        array = array.transpose(2, 0, 1)
+    return np.ascontiguousarray(array, dtype=np.float32)
+
+
+def _flatten_alpha(image: Image.Image) -> Image.Image:
+    """Composite transparent images onto white, as a viewer shows them."""
+    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return image
+
+
+def _isolate_foreground(image: Image.Image, pre: Preprocess) -> Image.Image:
+    """Invert to light-on-dark, lift the background to zero, crop to the content."""
+    if pre.crop_to_content:
+        side = CONTENT_WORK_FACTOR * max(pre.size)
+        image.thumbnail((side, side), Image.Resampling.BOX)
+    array = np.asarray(image, dtype=np.float32)
+    gray = array if array.ndim == 2 else array.mean(axis=2)
+    if pre.invert == "always" or (pre.invert == "auto" and _light_background(gray)):
+        array = 255.0 - array
+        gray = 255.0 - gray
+    if pre.autocontrast:
+        # Most of a picture of one object is background: its median is the floor.
+        floor = float(np.median(gray))
+        array = np.clip(array - floor, 0.0, None)
+        gray = np.clip(gray - floor, 0.0, None)
+        peak = float(gray.max())
+        if peak > 0:
+            array *= 255.0 / peak
+            gray *= 255.0 / peak
+    if pre.crop_to_content:
+        array, gray = _crop_to_content(array, gray)
+    if pre.stroke_width:
+        array = _thicken_strokes(array, gray, pre)
+    return Image.fromarray(np.clip(array, 0, 255).astype(np.uint8))
+
+
+def _light_background(gray: np.ndarray) -> bool:
+    border = np.concatenate([gray[0], gray[-1], gray[:, 0], gray[:, -1]])
+    return float(np.median(border)) > 127.5
+
+
+def _crop_to_content(array: np.ndarray, gray: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    peak = float(gray.max())
+    if peak <= 0:
+        return array, gray
+    mask = gray > FOREGROUND_THRESHOLD * peak
+    rows = np.flatnonzero(mask.any(axis=1))
+    cols = np.flatnonzero(mask.any(axis=0))
+    box = slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1)
+    return array[box], gray[box]
+
+
+def _thicken_strokes(array: np.ndarray, gray: np.ndarray, pre: Preprocess) -> np.ndarray:
+    """Dilate thin pen strokes to ``stroke_width`` of the content's larger side.
+
+    Stroke width is estimated as 2 * area / perimeter of the inked pixels,
+    which holds for any long, thin shape.
+    """
+    peak = float(gray.max())
+    if peak <= 0:
+        return array
+    mask = gray > 0.5 * peak
+    inner = mask[1:-1, 1:-1] & mask[:-2, 1:-1] & mask[2:, 1:-1] & mask[1:-1, :-2] & mask[1:-1, 2:]
+    perimeter = int(mask.sum()) - int(inner.sum())
+    if perimeter <= 0:
+        return array
+    width = 2.0 * float(mask.sum()) / perimeter
+    passes = int(round((pre.stroke_width * max(gray.shape) - width) / 2))
+    for _ in range(min(passes, max(gray.shape) // 4)):
+        array = _dilate(array)
+    return array
+
+
+def _dilate(array: np.ndarray) -> np.ndarray:
+    """One 3x3 maximum filter pass, keeping the shape."""
+    padded = np.pad(array, [(1, 1), (1, 1)] + [(0, 0)] * (array.ndim - 2))
+    height, width = array.shape[:2]
+    out = array.copy()
+    for dy in (0, 1, 2):
+        for dx in (0, 1, 2):
+            np.maximum(out, padded[dy : dy + height, dx : dx + width], out=out)
+    return out
+
+
+def _resize(image: Image.Image, pre: Preprocess) -> Image.Image:
+    height, width = pre.size
+    if pre.resize == "stretch":
+        return image.resize((width, height), Image.Resampling.BILINEAR, reducing_gap=3.0)
+    if pre.resize == "pad":
+        # Keep the aspect ratio: fit inside the target, centred on a black canvas.
+        scale = min(width / image.width, height / image.height)
+        fitted = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
+        image = image.resize(fitted, Image.Resampling.BOX)
+        canvas = Image.new(image.mode, (width, height))
+        canvas.paste(image, ((width - fitted[0]) // 2, (height - fitted[1]) // 2))
+        return canvas
+    # center_crop: shorter side to size / crop_fraction, then the centre (ImageNet evaluation).
+    shorter = max(height, width) / pre.crop_fraction
+    scale = shorter / min(image.width, image.height)
+    resized = (max(width, round(image.width * scale)), max(height, round(image.height * scale)))
+    image = image.resize(resized, Image.Resampling.BILINEAR, reducing_gap=3.0)
+    left, top = (resized[0] - width) // 2, (resized[1] - height) // 2
+    return image.crop((left, top, left + width, top + height))
+
+
+def thumbnail(data: bytes, max_pixels: int, side: int = 256) -> bytes:
+    """A PNG preview of an uploaded image for the result page (it never stores the upload)."""
+    image = _flatten_alpha(decode(data, max_pixels, Preprocess(size=(side, side), resize="stretch")))
+    image.thumbnail((side, side), Image.Resampling.LANCZOS)
+    out = io.BytesIO()
+    image.convert("RGB" if image.mode not in ("L", "RGB") else image.mode).save(out, "PNG")
+    return out.getvalue()
