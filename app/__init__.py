@@ -68,4 +68,7 @@ def _assign_request_id() -> None:
 
 def _send_request_id(response):
     response.headers["X-Request-ID"] = g.get("request_id", "")
+    stages = g.get("stages")
+    if stages is not None and stages.seconds:
+        response.headers["Server-Timing"] = stages.server_timing()
     return response
