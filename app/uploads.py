@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from flask import request
 
-from .inference import InferenceError
+from .inference import InferenceError, parse_count
 
 RAW_TYPES = ("application/octet-stream", "")
 
@@ -36,6 +36,7 @@ def top_k(default: int, classes: int) -> int:
     raw = request.args.get("top_k", "")
     if not raw:
         return min(default, classes)
-    if not raw.isdigit() or not 1 <= int(raw) <= classes:
+    k = parse_count(raw)
+    if k is None or not 1 <= k <= classes:
         raise InferenceError(400, f"top_k must be an integer from 1 to {classes}")
-    return int(raw)
+    return k

@@ -24,7 +24,7 @@ as_root() {
 RUNTIME_NEEDS="nginx:nginx gcc:gcc"
 DEV_NEEDS="prometheus:prometheus promtool:prometheus prometheus-nginx-exporter:prometheus-nginx-exporter
 prometheus-node-exporter:prometheus-node-exporter chromium:chromium wrk:wrk docker-compose:docker-compose
-systemd-analyze:systemd git:git"
+systemd-analyze:systemd git:git shellcheck:shellcheck systemd-nspawn:systemd-container"
 
 missing=""
 check() {

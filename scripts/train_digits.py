@@ -87,6 +87,7 @@ def train(out: Path) -> dict[str, float]:
 
 
 def export(model: MLPClassifier, out: Path, scores: dict[str, float]) -> None:
+    from onnx.helper import make_opsetid
     from skl2onnx import convert_sklearn
     from skl2onnx.common.data_types import FloatTensorType
 
@@ -97,6 +98,10 @@ def export(model: MLPClassifier, out: Path, scores: dict[str, float]) -> None:
         options={id(model): {"zipmap": False}},
         target_opset={"": 17, "ai.onnx.ml": 3},
     )
+    # skl2onnx lists the opsets in set order, which follows the process's hash seed: sort for stable bytes.
+    opsets = sorted((opset.domain, opset.version) for opset in onnx_model.opset_import)
+    del onnx_model.opset_import[:]
+    onnx_model.opset_import.extend(make_opsetid(domain, version) for domain, version in opsets)
     onnx_model.doc_string = "scikit-learn MLP on the bundled digits data set; see scripts/train_digits.py"
     for key, value in scores.items():
         entry = onnx_model.metadata_props.add()

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import orjson
 
-from ..inference import InferenceError, ModelVersion
+from ..inference import InferenceError, ModelVersion, parse_count
 from ..inference.tensors import DATATYPES, NUMPY_TYPES
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
@@ -43,9 +43,9 @@ def _bad(message: str) -> InferenceError:
 def split_body(body: bytes, header_length: str | None) -> tuple[bytes, bytes]:
     if header_length is None:
         return body, b""
-    if not header_length.isdigit() or int(header_length) > len(body):
+    size = parse_count(header_length)
+    if size is None or size > len(body):
         raise _bad(f"{HEADER_LENGTH} must be an integer no larger than the body ({len(body)} bytes)")
-    size = int(header_length)
     return body[:size], body[size:]
 
 

@@ -1,7 +1,7 @@
 """Everything between request bytes and predictions: configs, sessions, pre- and postprocessing."""
 
 from .config import ConfigError, ModelConfig
-from .errors import InferenceError
+from .errors import InferenceError, parse_count
 from .model import ModelVersion, Prediction
 from .registry import ModelRegistry
 from .timing import Stages
@@ -14,4 +14,5 @@ __all__ = [
     "ModelVersion",
     "Prediction",
     "Stages",
+    "parse_count",
 ]

@@ -187,9 +187,10 @@ def _preprocess(pre: _Reader) -> Preprocess:
     channels = 1 if color_mode == "L" else 3
     mean = pre.numbers("mean", [0.0] * channels)
     std = pre.numbers("std", [1.0] * channels)
+    counts = "1 value" if channels == 1 else f"1 or {channels} values"
     for key, values in (("mean", mean), ("std", std)):
         if len(values) not in (1, channels):
-            raise pre.fail(key, f"needs 1 or {channels} values for color_mode {color_mode!r}")
+            raise pre.fail(key, f"needs {counts} for color_mode {color_mode!r}")
     if any(v <= 0 for v in std):
         raise pre.fail("std", "values must be > 0")
     crop_fraction = float(pre.get("crop_fraction", (int, float), Preprocess.crop_fraction))

@@ -7,10 +7,11 @@ Layout (as Triton's): ``<repository>/<model>/config.toml`` and
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 
 from .config import ConfigError, ModelConfig, load_config
-from .errors import InferenceError
+from .errors import InferenceError, parse_count
 from .model import ModelVersion
 
 log = logging.getLogger(__name__)
@@ -24,7 +25,7 @@ def scan(repository: Path) -> dict[str, tuple[ModelConfig, list[int]]]:
     for model_dir in sorted(p for p in repository.iterdir() if p.is_dir() and not p.name.startswith(".")):
         config = load_config(model_dir)
         versions = sorted(
-            int(p.name) for p in model_dir.iterdir() if p.name.isdigit() and int(p.name) > 0 and (p / "model.onnx").is_file()
+            number for p in model_dir.iterdir() if (number := parse_count(p.name)) and (p / "model.onnx").is_file()
         )
         if not versions:
             raise ConfigError(model_dir / "config.toml", "(versions)", f"no {model_dir}/<version>/model.onnx found")
@@ -48,7 +49,9 @@ class ModelRegistry:
         """Create one session per model version, warmed; call once per process, after fork."""
         for name, (config, versions) in self.configs.items():
             self.versions[name] = {v: ModelVersion(config, v, self.threads) for v in versions}
-            log.info("loaded model %s versions %s with %d intra-op threads", name, versions, self.threads)
+            # The pid tells the workers apart: each loads its own sessions after fork.
+            log.info("loaded model %s versions %s with %d intra-op threads in process %d",
+                     name, versions, self.threads, os.getpid())
         self.ready = True
 
     @property
@@ -64,10 +67,10 @@ class ModelRegistry:
             raise InferenceError(404, f"unknown model '{name}'")
         if version in (None, ""):
             return versions[max(versions)]
-        key = str(version)
-        if not key.isdigit() or int(key) not in versions:
-            raise InferenceError(404, f"model '{name}' has no version '{key}'; it has {sorted(versions)}")
-        return versions[int(key)]
+        number = parse_count(str(version))
+        if number not in versions:
+            raise InferenceError(404, f"model '{name}' has no version '{version}'; it has {sorted(versions)}")
+        return versions[number]
 
     def latest(self) -> list[ModelVersion]:
         return [versions[max(versions)] for versions in self.versions.values()]

@@ -1,0 +1,432 @@
+#!/bin/bash
+# Turn a fresh Debian 12 / Ubuntu LTS VM into modelstack on port 80, serving this checkout.
+# Idempotent: run it again after `git pull` or after editing /etc/modelstack/env.
+#
+#   sudo deploy/install.sh                                         install or update
+#   sudo DOMAIN=example.org EMAIL=me@example.org deploy/install.sh   ... with HTTPS (Let's Encrypt)
+#   deploy/install.sh --root DIR    write every file under DIR instead of /, and print the
+#                                   commands that would change the system instead of running them
+#
+# What it does (the README's "On a VM" section has the operator's view):
+#   - Debian packages, only those missing: nginx, gcc, python3-dev, python3-venv (scripts/setup.sh),
+#     curl, and certbot with DOMAIN and EMAIL
+#   - system user modelstack (no shell, no home); nginx's www-data joins its group for the socket
+#   - APP_DIR, the checkout, served in place: owned by root, readable by group modelstack only;
+#     the venv APP_DIR/.venv is built with the system python3 by scripts/setup.sh
+#   - /etc/modelstack/env (640 root:modelstack): the stack's knobs, from deploy/env.example;
+#     written when missing, afterwards only merged, never overwriting an edit
+#   - /etc/systemd/system/modelstack.service (from deploy/systemd/): uWSGI as user modelstack
+#   - /etc/nginx/sites-available/modelstack.conf, rendered by `deploy/stack.py render --site-only`
+#     from the same template as everywhere else; enabled, Debian's default site disabled
+#   - with DOMAIN and EMAIL: a certificate via certbot's webroot, renewed by certbot's timer,
+#     with a deploy hook that reloads nginx
+#
+# Environment (all optional):
+#   APP_DIR         the checkout to serve (default: the one this script is in); not under /home
+#                   or /root, which the service cannot see (clone to /opt/modelstack)
+#   DOMAIN, EMAIL   the site's name; with EMAIL also a Let's Encrypt certificate
+#   any knob documented in deploy/env.example, e.g. TRUSTED_PROXIES (an ALB in front),
+#                   WORKERS, RATE_LIMIT: written into /etc/modelstack/env
+#
+# Reserved for later work, refused until implemented rather than silently ignored:
+#   API_KEYS        keys for the JSON API, to be written to /etc/modelstack/api_keys
+#                   (640 root:modelstack) and named in the env file
+#   MONITORING=1    Prometheus, the nginx and node exporters and Grafana, reachable only
+#                   through a tunnel or an allow-listed CIDR
+set -euo pipefail
+umask 022
+
+APP_DIR=${APP_DIR:-$(cd "$(dirname "$0")/.." && pwd)}
+VENV=$APP_DIR/.venv
+SERVICE=modelstack
+ENV_FILE=/etc/modelstack/env
+UNIT=/etc/systemd/system/modelstack.service
+SITE=/etc/nginx/sites-available/modelstack.conf
+# Fixed here and in the unit, which gives uWSGI the same RUN_DIR, APP_SOCKET and APP_SOCKET_MODE
+# (and runs uWSGI, so nginx speaks APP_PROTOCOL's default, uwsgi). The env file may not set them:
+# systemd would let it override the unit.
+RUN_DIR=/run/modelstack
+APP_SOCKET=$RUN_DIR/uwsgi.sock
+CERTBOT_WEBROOT=/var/www/certbot
+FIXED_KEYS="RUN_DIR APP_SOCKET APP_SOCKET_MODE APP_PROTOCOL CERTBOT_WEBROOT"
+
+DEST=""        # --root DIR: files go under DIR, system commands are only printed
+STEP="start"
+TLS_FAILED=""
+
+say() { STEP=$*; printf '\033[1m==> %s\033[0m\n' "$*"; }
+info() { printf '    %s\n' "$*"; }
+die() { printf 'install.sh: %s\n' "$*" >&2; exit 1; }
+on_exit() {
+    local status=$?
+    [ "$status" -eq 0 ] || printf 'install.sh: FAILED (exit %s) during: %s\n' "$status" "$STEP" >&2
+}
+trap on_exit EXIT
+
+# A command that changes the system: printed under --root, run otherwise.
+run() {
+    if [ -n "$DEST" ]; then
+        info "would run: $*"
+    else
+        info "+ $*"
+        "$@"
+    fi
+}
+
+usage() { sed -n '2,/^set -euo/{/^set -euo/d;s/^# \{0,1\}//;p}' "$0"; }
+
+parse_args() {
+    while [ $# -gt 0 ]; do
+        case $1 in
+            --root) [ $# -ge 2 ] || die "--root needs a folder"; DEST=$(realpath -m "$2"); shift 2 ;;
+            -h|--help) usage; exit 0 ;;
+            *) die "unknown argument: $1 (see --help)" ;;
+        esac
+    done
+}
+
+preflight() {
+    say "checking the machine"
+    [ -z "${API_KEYS:-}" ] || die "API_KEYS is not supported by this version yet; unset it"
+    [ -z "${MONITORING:-}" ] || die "MONITORING is not supported by this version yet; unset it"
+    [ -n "${EMAIL:-}" ] && [ -z "${DOMAIN:-}" ] && die "EMAIL is only used with DOMAIN"
+    # systemd and nginx take these paths unquoted.
+    case $APP_DIR in
+        *[!A-Za-z0-9._/-]*) die "APP_DIR=$APP_DIR: use a path of letters, digits and . _ - /" ;;
+        /home/*|/root/*|/run/user/*) die "APP_DIR=$APP_DIR: the service cannot see /home or /root (ProtectHome); clone to /opt/modelstack" ;;
+    esac
+    [ -f "$APP_DIR/deploy/stack.py" ] || die "APP_DIR=$APP_DIR is not a modelstack checkout"
+    if [ -n "$DEST" ]; then
+        [ -x "$VENV/bin/python" ] || die "--root renders with $VENV: run scripts/setup.sh first"
+        info "--root $DEST: writing files there, changing nothing else"
+        return
+    fi
+    [ "$(id -u)" -eq 0 ] || die "run as root (sudo $0)"
+    command -v apt-get >/dev/null || die "needs a Debian or Ubuntu machine (apt-get)"
+    [ -d /run/systemd/system ] || die "needs systemd as init"
+    info "serving the checkout $APP_DIR"
+}
+
+apt_install() {
+    local missing=() package
+    for package in "$@"; do
+        dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "ok installed" || missing+=("$package")
+    done
+    [ ${#missing[@]} -gt 0 ] || return 0
+    info "installing Debian packages: ${missing[*]}"
+    run env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+    run env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
+}
+
+install_packages() {
+    say "packages and the Python environment ($VENV)"
+    apt_install curl
+    # nginx, gcc, python3-dev, python3-venv and the venv; the system python3, which the service
+    # user can run (a python under /root or /home could not be).
+    run env PYTHON=/usr/bin/python3 VENV="$VENV" "$APP_DIR/scripts/setup.sh"
+}
+
+create_user() {
+    say "service user $SERVICE"
+    if getent passwd "$SERVICE" >/dev/null; then
+        info "exists"
+    else
+        run useradd --system --user-group --home-dir /nonexistent --no-create-home \
+            --shell /usr/sbin/nologin --comment "modelstack model server" "$SERVICE"
+    fi
+    # nginx's workers reach the uWSGI socket (mode 660) through the group.
+    if id -nG www-data 2>/dev/null | tr ' ' '\n' | grep -qx "$SERVICE"; then
+        info "www-data is in group $SERVICE"
+    else
+        run usermod --append --groups "$SERVICE" www-data
+    fi
+}
+
+secure_checkout() {
+    say "permissions of $APP_DIR"
+    # The service must not be able to change its own code; other local users need not read it.
+    run chown -R "root:$SERVICE" "$APP_DIR"
+    run chmod -R u+rwX,g+rX,g-w,o-rwx "$APP_DIR"
+    if [ -n "$DEST" ]; then
+        return
+    fi
+    local output
+    # Imports the app as the service user does: the venv's python, the checkout, its packages.
+    output=$(with_service_env runuser -u "$SERVICE" -- "$VENV/bin/python" "$APP_DIR/deploy/stack.py" --help 2>&1) \
+        || die "user $SERVICE cannot run the app with $VENV/bin/python (a folder above APP_DIR closed to others, or a venv from another python: remove $VENV and rerun):
+$output"
+    runuser -u www-data -- test -r "$APP_DIR/app/web/static" \
+        || die "nginx (www-data) cannot read $APP_DIR/app/web/static: open the folders above APP_DIR (chmod o+x)"
+    info "readable by $SERVICE and www-data, writable by root only"
+}
+
+# -- /etc/modelstack/env ---------------------------------------------------------------
+
+# The knobs deploy/env.example documents, commented out or not.
+knob_names() {
+    sed -En 's/^(# ?)?([A-Z][A-Z0-9_]*)=.*/\2/p' "$APP_DIR/deploy/env.example"
+}
+
+# The env file as systemd reads it: KEY=value lines, quotes removed, comments skipped.
+read_env_file() {
+    local line key value
+    while IFS= read -r line || [ -n "$line" ]; do
+        case $line in ''|'#'*) continue ;; esac
+        key=${line%%=*}
+        value=${line#*=}
+        case $key in
+            ''|[0-9]*|*[!A-Za-z0-9_]*) die "$ENV_FILE: '$line' is not KEY=value" ;;
+        esac
+        case " $FIXED_KEYS " in
+            *" $key "*) die "$ENV_FILE: $key is fixed by the unit and this script; remove that line" ;;
+        esac
+        case $value in
+            \"*\") value=${value#\"}; value=${value%\"} ;;
+            \'*\') value=${value#\'}; value=${value%\'} ;;
+        esac
+        printf '%s=%s\n' "$key" "$value"
+    done < "$DEST$ENV_FILE"
+}
+
+env_value() {  # the effective value of one knob, empty when unset
+    read_env_file | sed -n "s/^$1=//p" | tail -n 1
+}
+
+# Set KEY=VALUE: replace the active line, else the documented commented one, else append.
+set_env() {
+    local key=$1 value=$2 file=$DEST$ENV_FILE line tmp
+    case $value in
+        *[\"\'\\\$\`]*) die "$key: quotes, backslashes, \$ and backticks are not allowed in values" ;;
+        *[[:space:]]*) line="$key=\"$value\"" ;;
+        *) line="$key=$value" ;;
+    esac
+    tmp=$(mktemp "$file.XXXXXX")
+    KEY=$key LINE=$line awk '
+        { lines[NR] = $0 }
+        index($0, ENVIRON["KEY"] "=") == 1 { active[NR] = 1; any_active = 1 }
+        index($0, "# " ENVIRON["KEY"] "=") == 1 && !commented { commented = NR }
+        END {
+            for (i = 1; i <= NR; i++) {
+                if (active[i] || (!any_active && i == commented)) {
+                    if (!done) print ENVIRON["LINE"]
+                    done = 1
+                } else print lines[i]
+            }
+            if (!done) print ENVIRON["LINE"]
+        }' "$file" > "$tmp"
+    if cmp -s "$tmp" "$file"; then
+        rm -f "$tmp"
+    else
+        chown --reference="$file" "$tmp"
+        chmod 640 "$tmp"
+        mv "$tmp" "$file"
+        info "set $line"
+    fi
+}
+
+write_env_file() {
+    say "environment $ENV_FILE"
+    local file=$DEST$ENV_FILE key value missing=()
+    install -d -m 750 "$(dirname "$file")"
+    if [ ! -f "$file" ]; then
+        install -m 640 "$APP_DIR/deploy/env.example" "$file"
+        info "written from deploy/env.example"
+    else
+        for key in $(knob_names); do
+            grep -Eq "^#? *$key=" "$file" || missing+=("$key")
+        done
+        if [ ${#missing[@]} -gt 0 ]; then
+            {
+                printf '\n# Added by deploy/install.sh on %s (documented in deploy/env.example):\n' "$(date -u +%F)"
+                for key in "${missing[@]}"; do
+                    grep -E "^#? *$key=" "$APP_DIR/deploy/env.example"
+                done
+            } >> "$file"
+            info "added new knobs: ${missing[*]}"
+        else
+            info "kept as it is (no new knobs)"
+        fi
+    fi
+    # Knobs given to this script win: cloud-init passes its settings this way.
+    for key in $(knob_names); do
+        value=$(printenv "$key" || true)
+        [ -z "$value" ] || set_env "$key" "$value"
+    done
+    [ -z "${DOMAIN:-}" ] || set_env SERVER_NAME "$DOMAIN"
+    run chown -R "root:$SERVICE" "$(dirname "$file")"
+    chmod 750 "$(dirname "$file")"
+    chmod 640 "$file"
+    read_env_file >/dev/null
+}
+
+# Run a command in the service's environment: the fixed paths, then the env file on top
+# (the precedence systemd gives Environment= and EnvironmentFile=); nothing from this script's own.
+with_service_env() {
+    local vars=(PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin LANG=C.UTF-8 RUN_DIR="$RUN_DIR"
+                APP_SOCKET="$APP_SOCKET" CERTBOT_WEBROOT="$CERTBOT_WEBROOT") pair pairs
+    pairs=$(read_env_file)
+    while IFS= read -r pair; do
+        if [ -n "$pair" ]; then vars+=("$pair"); fi
+    done <<< "$pairs"
+    env -i "${vars[@]}" "$@"
+}
+
+# The venv's python in the service's environment; a bad knob ends the run with its own message.
+service_python() {
+    local errors
+    errors=$(mktemp)
+    if ! with_service_env "$VENV/bin/python" "$@" 2> "$errors"; then
+        die "$(tail -n 1 "$errors") (fix $ENV_FILE and rerun)"
+    fi
+    rm -f "$errors"
+}
+
+# -- the uWSGI service and the nginx site ------------------------------------------------
+
+# Copy $1 to $2 with mode $3 unless identical; prints what happened.
+install_file() {
+    if cmp -s "$1" "$2"; then
+        info "unchanged: $2"
+    else
+        install -D -m "$3" "$1" "$2"
+        info "wrote $2"
+    fi
+}
+
+install_unit() {
+    say "systemd unit $UNIT"
+    local stop staged
+    # Graceful stops wait for in-flight requests (harakiri) and reloading workers (mercy).
+    stop=$(service_python -c '
+import sys; sys.path.insert(0, sys.argv[1])
+from stack import StackConfig
+config = StackConfig()
+print(max(config.harakiri, config.worker_reload_mercy) + 15)' "$APP_DIR/deploy")
+    staged=$(mktemp)
+    sed -e "s|@APP_DIR@|$APP_DIR|g" -e "s|@TIMEOUT_STOP_SEC@|$stop|g" \
+        "$APP_DIR/deploy/systemd/modelstack.service" > "$staged"
+    install_file "$staged" "$DEST$UNIT" 644
+    rm -f "$staged"
+    run systemctl daemon-reload
+    run systemctl enable --quiet "$SERVICE"
+}
+
+install_site() {
+    say "nginx site $SITE"
+    local staged site=$DEST$SITE enabled=$DEST/etc/nginx/sites-enabled
+    staged=$(mktemp -d)
+    service_python "$APP_DIR/deploy/stack.py" render --site-only --out "$staged" >/dev/null
+    [ -f "$site" ] && cp -p "$site" "$staged/previous.conf"
+    install_file "$staged/modelstack.conf" "$site" 644
+    install -d "$enabled"
+    ln -sfn ../sites-available/modelstack.conf "$enabled/modelstack.conf"
+    if [ -e "$enabled/default" ] || [ -L "$enabled/default" ]; then
+        rm -f "$enabled/default"
+        info "disabled the distribution's default site"
+    fi
+    if [ -n "$DEST" ]; then
+        info "would run: nginx -t"
+    elif ! nginx -t -q 2> "$staged/nginx-t.log"; then
+        # Leave the running nginx and its config as they were.
+        if [ -f "$staged/previous.conf" ]; then cp -p "$staged/previous.conf" "$site"; else rm -f "$site" "$enabled/modelstack.conf"; fi
+        die "nginx rejected the rendered site; the previous one is back (fix $ENV_FILE and rerun):
+$(cat "$staged/nginx-t.log")"
+    fi
+    rm -rf "$staged"
+    run systemctl enable --quiet nginx
+    run systemctl reload-or-restart nginx
+}
+
+setup_tls() {
+    [ -n "${DOMAIN:-}" ] && [ -n "${EMAIL:-}" ] || return 0
+    say "HTTPS for $DOMAIN (Let's Encrypt)"
+    local live=/etc/letsencrypt/live/$DOMAIN hook=$DEST/etc/letsencrypt/renewal-hooks/deploy/modelstack-nginx
+    apt_install certbot
+    install -d -m 755 "$DEST$CERTBOT_WEBROOT" "$(dirname "$hook")"
+    # certbot.timer renews; this serves each renewed certificate.
+    printf '#!/bin/sh\n# Installed by modelstack deploy/install.sh: serve renewed certificates.\nexec systemctl reload nginx\n' > "$hook"
+    chmod 755 "$hook"
+    if ! run certbot certonly --webroot --webroot-path "$CERTBOT_WEBROOT" --domains "$DOMAIN" \
+        --email "$EMAIL" --agree-tos --no-eff-email --non-interactive --keep-until-expiring; then
+        TLS_FAILED="certbot could not get a certificate for $DOMAIN (does its DNS point at this VM, is port 80 open?)"
+        info "$TLS_FAILED; serving HTTP only"
+        return 0
+    fi
+    set_env TLS_CERTIFICATE "$live/fullchain.pem"
+    set_env TLS_CERTIFICATE_KEY "$live/privkey.pem"
+    install_site
+}
+
+start_service() {
+    say "service $SERVICE"
+    if [ -n "$DEST" ]; then
+        info "would run: systemctl start, restart or reload $SERVICE"
+        return
+    fi
+    local started newer
+    if ! systemctl is-active --quiet "$SERVICE"; then
+        systemctl start "$SERVICE"
+        info "started"
+        return
+    fi
+    # The master reads its unit, environment and packages only at start; code and models are
+    # picked up by a rolling reload.
+    started=$(date -d "$(systemctl show -p ExecMainStartTimestamp --value "$SERVICE")" +%s)
+    newer=$(find "$UNIT" "$ENV_FILE" "$VENV"/.installed-* -newermt "@$started" 2>/dev/null | head -n 1)
+    if [ -n "$newer" ]; then
+        systemctl restart "$SERVICE"
+        info "restarted ($newer changed)"
+    else
+        systemctl reload "$SERVICE"
+        info "rolling reload started (new code and model versions)"
+    fi
+}
+
+wait_ready() {
+    [ -z "$DEST" ] || return 0
+    say "waiting for /readyz through nginx"
+    local name port tls_port url args
+    name=$(env_value SERVER_NAME)
+    # The first address of each list; nginx serves the same site on all of them.
+    port=$(env_value LISTEN | awk '{ n = split($1, part, ":"); print part[n] }')
+    tls_port=$(env_value TLS_LISTEN | awk '{ n = split($1, part, ":"); print part[n] }')
+    if [ -n "$(env_value TLS_CERTIFICATE)" ]; then
+        url="https://${name:-_}:${tls_port:-443}/readyz"
+        args=(--resolve "${name:-_}:${tls_port:-443}:127.0.0.1")
+        [ "${name:-_}" != "_" ] || { url="https://127.0.0.1:${tls_port:-443}/readyz"; args=(--insecure); }
+    else
+        url="http://127.0.0.1:${port:-80}/readyz"
+        args=()
+    fi
+    for _ in $(seq 120); do
+        if curl -fsS -o /dev/null --max-time 2 "${args[@]}" "$url" 2>/dev/null; then
+            info "ready: $url"
+            return 0
+        fi
+        sleep 1
+    done
+    die "$url did not answer within 120 s: see journalctl -u $SERVICE and journalctl -u nginx"
+}
+
+main() {
+    parse_args "$@"
+    preflight
+    install_packages
+    create_user
+    write_env_file
+    secure_checkout
+    install_unit
+    install_site
+    setup_tls
+    start_service
+    wait_ready
+    [ -z "$TLS_FAILED" ] || die "$TLS_FAILED; rerun this script to retry"
+    say "done"
+    if [ -n "$DEST" ]; then
+        info "files under $DEST"
+    else
+        info "modelstack is serving this checkout; logs: journalctl -u $SERVICE, journalctl -t modelstack_nginx"
+    fi
+}
+
+main "$@"
