@@ -7,6 +7,7 @@ imports it too, so nginx and the app never disagree about a limit.
 from __future__ import annotations
 
 import os
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -43,8 +44,48 @@ def env_str(name: str, default: str) -> str:
     return os.environ.get(name, "").strip() or default
 
 
+def split_list(text: str) -> list[str]:
+    """Items separated by commas, spaces or line breaks."""
+    return text.replace(",", " ").split()
+
+
 def env_list(name: str) -> list[str]:
-    return [item for item in os.environ.get(name, "").replace(",", " ").split() if item]
+    return split_list(os.environ.get(name, ""))
+
+
+# Shorter keys are guessable; every key install.sh generates has 43 characters.
+MIN_KEY_LENGTH = 16
+
+
+def env_keys(name: str, file_name: str) -> frozenset[str]:
+    """Secrets listed in ``name`` plus those in the file that ``file_name`` names.
+
+    The file holds keys separated by commas, spaces or lines; ``#`` starts a comment.
+    A missing, empty or world-readable file stops the start: a mistyped path must not
+    leave the API open, and a file every local user can read gives the keys away.
+    """
+    keys = _checked_keys(env_list(name), name)
+    path = env_str(file_name, "")
+    if path:
+        try:
+            mode = os.stat(path).st_mode
+            text = Path(path).read_text()
+        except OSError as error:
+            raise ValueError(f"{file_name}={path}: {error.strerror}") from None
+        if mode & stat.S_IROTH:
+            raise ValueError(f"{file_name}={path} is readable by every user: chmod o-rwx {path}")
+        found = split_list(" ".join(line.partition("#")[0] for line in text.splitlines()))
+        if not found:
+            raise ValueError(f"{file_name}={path} holds no keys")
+        keys |= _checked_keys(found, f"{file_name}={path}")
+    return keys
+
+
+def _checked_keys(keys: list[str], source: str) -> frozenset[str]:
+    # Never name the offending key: this message ends up in logs.
+    if any(len(key) < MIN_KEY_LENGTH or not (key.isascii() and key.isprintable()) for key in keys):
+        raise ValueError(f"{source}: every key needs {MIN_KEY_LENGTH} or more printable ASCII characters")
+    return frozenset(keys)
 
 
 def available_cpus() -> int:
@@ -83,6 +124,10 @@ class Settings:
     # 0 means "CPUs available / workers".
     ort_threads: int = field(default_factory=lambda: env_int("ORT_INTRA_OP_THREADS", 0))
     default_top_k: int = field(default_factory=lambda: env_int("TOP_K", 5, minimum=1))
+    # Keys the JSON API accepts (app/auth.py); none leaves it open. Out of repr(): never logged.
+    api_keys: frozenset[str] = field(
+        default_factory=lambda: env_keys("API_KEYS", "API_KEYS_FILE"), repr=False
+    )
 
     @property
     def max_content_length(self) -> int:

@@ -15,6 +15,10 @@
 #     the venv APP_DIR/.venv is built with the system python3 by scripts/setup.sh
 #   - /etc/modelstack/env (640 root:modelstack): the stack's knobs, from deploy/env.example;
 #     written when missing, afterwards only merged, never overwriting an edit
+#   - /etc/modelstack/api_keys (640 root:modelstack), named by API_KEYS_FILE in the env file: the
+#     keys the JSON API requires. On the first run one key is generated (32 random bytes from the
+#     kernel's CSPRNG); the script says where it is and never prints it, because cloud-init keeps
+#     this output in /var/log/cloud-init-output.log. Read it with: sudo cat /etc/modelstack/api_keys
 #   - /etc/systemd/system/modelstack.service (from deploy/systemd/): uWSGI as user modelstack
 #   - /etc/nginx/sites-available/modelstack.conf, rendered by `deploy/stack.py render --site-only`
 #     from the same template as everywhere else; enabled, Debian's default site disabled
@@ -27,10 +31,11 @@
 #   DOMAIN, EMAIL   the site's name; with EMAIL also a Let's Encrypt certificate
 #   any knob documented in deploy/env.example, e.g. TRUSTED_PROXIES (an ALB in front),
 #                   WORKERS, RATE_LIMIT: written into /etc/modelstack/env
+#   API_KEYS        "key1 key2" (comma or space separated, 16+ characters each): replace the
+#                   keys in the key file with these; "off": no keys, the JSON API answers anyone.
+#                   Unset: keep what is there (or generate a key on the first run)
 #
 # Reserved for later work, refused until implemented rather than silently ignored:
-#   API_KEYS        keys for the JSON API, to be written to /etc/modelstack/api_keys
-#                   (640 root:modelstack) and named in the env file
 #   MONITORING=1    Prometheus, the nginx and node exporters and Grafana, reachable only
 #                   through a tunnel or an allow-listed CIDR
 set -euo pipefail
@@ -48,8 +53,12 @@ SITE=/etc/nginx/sites-available/modelstack.conf
 RUN_DIR=/run/modelstack
 APP_SOCKET=$RUN_DIR/uwsgi.sock
 CERTBOT_WEBROOT=/var/www/certbot
+KEY_FILE=/etc/modelstack/api_keys
 FIXED_KEYS="RUN_DIR APP_SOCKET APP_SOCKET_MODE APP_PROTOCOL CERTBOT_WEBROOT"
 
+# Read once, then out of the environment every command of this script inherits.
+GIVEN_KEYS=${API_KEYS:-}
+unset API_KEYS
 DEST=""        # --root DIR: files go under DIR, system commands are only printed
 STEP="start"
 TLS_FAILED=""
@@ -87,7 +96,6 @@ parse_args() {
 
 preflight() {
     say "checking the machine"
-    [ -z "${API_KEYS:-}" ] || die "API_KEYS is not supported by this version yet; unset it"
     [ -z "${MONITORING:-}" ] || die "MONITORING is not supported by this version yet; unset it"
     [ -n "${EMAIL:-}" ] && [ -z "${DOMAIN:-}" ] && die "EMAIL is only used with DOMAIN"
     # systemd and nginx take these paths unquoted.
@@ -263,11 +271,14 @@ write_env_file() {
 # (the precedence systemd gives Environment= and EnvironmentFile=); nothing from this script's own.
 with_service_env() {
     local vars=(PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin LANG=C.UTF-8 RUN_DIR="$RUN_DIR"
-                APP_SOCKET="$APP_SOCKET" CERTBOT_WEBROOT="$CERTBOT_WEBROOT") pair pairs
+                APP_SOCKET="$APP_SOCKET" CERTBOT_WEBROOT="$CERTBOT_WEBROOT") pair pairs keys
     pairs=$(read_env_file)
     while IFS= read -r pair; do
         if [ -n "$pair" ]; then vars+=("$pair"); fi
     done <<< "$pairs"
+    # --root: the app checks the key file this script wrote under DEST.
+    keys=$(env_value API_KEYS_FILE)
+    if [ -n "$DEST" ] && [ -n "$keys" ]; then vars+=("API_KEYS_FILE=$DEST$keys"); fi
     env -i "${vars[@]}" "$@"
 }
 
@@ -279,6 +290,69 @@ service_python() {
         die "$(tail -n 1 "$errors") (fix $ENV_FILE and rerun)"
     fi
     rm -f "$errors"
+}
+
+# -- API keys ------------------------------------------------------------------------------
+
+# 32 bytes from the kernel's CSPRNG as URL-safe base64 without padding: 43 characters.
+new_key() {
+    head -c 32 /dev/urandom | base64 -w 0 | tr '+/' '-_' | tr -d '='
+}
+
+# The key file API_KEYS_FILE names: the given keys, else the one there, else a new one.
+# Keys are never printed: cloud-init keeps this script's output in a log file.
+install_api_keys() {
+    say "API keys for the JSON API"
+    local path file key tmp given keys=()
+    if [ "$GIVEN_KEYS" = off ]; then
+        set_env API_KEYS_FILE ""
+        info "off (API_KEYS=off): the JSON API answers without a key"
+        return
+    fi
+    IFS=$' \t\n' read -r -d '' -a keys <<< "${GIVEN_KEYS//,/ }" || true
+    given=${#keys[@]}
+    for key in "${keys[@]}"; do
+        # The app refuses the same (app/settings.py); '#' would start a comment in the file.
+        [[ ${#key} -ge 16 && $key != *[!!-~]* && $key != *"#"* ]] \
+            || die "API_KEYS: every key needs 16 or more printable ASCII characters, none of them #"
+    done
+    path=$(env_value API_KEYS_FILE)
+    if [ -z "$path" ] && [ "$given" -gt 0 ]; then
+        path=$KEY_FILE
+        set_env API_KEYS_FILE "$path"
+    fi
+    if [ -z "$path" ]; then
+        info "off (API_KEYS_FILE is empty in $ENV_FILE): the JSON API answers without a key"
+        return
+    fi
+    file=$DEST$path
+    if [ "$given" -gt 0 ] || [ ! -e "$file" ]; then
+        [ "$given" -gt 0 ] || keys=("$(new_key)")
+        tmp=$(mktemp "$file.XXXXXX")
+        {
+            cat <<'EOF'
+# Keys for the modelstack JSON API, one a line (# starts a comment); from deploy/install.sh.
+# Clients send "Authorization: Bearer <key>" or "X-API-Key: <key>". After an edit:
+#   sudo systemctl reload modelstack     (workers are replaced one at a time, no request is lost)
+EOF
+            printf '%s\n' "${keys[@]}"
+        } > "$tmp"
+        mv "$tmp" "$file"
+        if [ "$given" -gt 0 ]; then
+            info "wrote the $given given key(s) to $path"
+        else
+            info "generated a key in $path"
+        fi
+    else
+        info "kept $path"
+    fi
+    run chown "root:$SERVICE" "$file"
+    chmod 640 "$file"
+    if [ -z "$DEST" ]; then
+        runuser -u "$SERVICE" -- test -r "$path" \
+            || die "user $SERVICE cannot read $path: let group $SERVICE into the folders above it"
+    fi
+    info "clients send Authorization: Bearer <key> or X-API-Key: <key>; read the keys with: sudo cat $path"
 }
 
 # -- the uWSGI service and the nginx site ------------------------------------------------
@@ -414,6 +488,7 @@ main() {
     install_packages
     create_user
     write_env_file
+    install_api_keys
     secure_checkout
     install_unit
     install_site

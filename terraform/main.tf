@@ -24,7 +24,9 @@ locals {
     # Single mode: the VM answers the public name itself, so certbot runs there.
     local.single && var.domain != null ? { DOMAIN = var.domain, EMAIL = var.email } : {},
     # Scaled mode: requests arrive from load balancer nodes inside the VPC; trust their X-Forwarded-For.
-    local.scaled ? { TRUSTED_PROXIES = data.aws_vpc.selected.cidr_block } : {},
+    # API keys off: each instance would generate its own key, so a client's key would work only on
+    # the instance that made it (the single VM keeps the key install.sh generates).
+    local.scaled ? { TRUSTED_PROXIES = data.aws_vpc.selected.cidr_block, API_KEYS = "off" } : {},
   )
   # The SSM agent from AWS's bucket in the deployment's own region, for images that lack it.
   ssm_agent_url = var.os == "debian-12" ? format(

@@ -216,6 +216,11 @@ variable "install_env" {
     condition     = length(setintersection(keys(var.install_env), ["DOMAIN", "EMAIL", "TRUSTED_PROXIES"])) == 0
     error_message = "DOMAIN, EMAIL and TRUSTED_PROXIES are set from domain, email and mode; do not pass them in install_env."
   }
+
+  validation {
+    condition     = lookup(var.install_env, "API_KEYS", "off") == "off"
+    error_message = "API keys must not travel in user data: the VM generates its own (sudo cat /etc/modelstack/api_keys in an SSM session). API_KEYS may only be \"off\"."
+  }
 }
 
 variable "min_size" {

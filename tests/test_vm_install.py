@@ -37,6 +37,7 @@ UNIT = "etc/systemd/system/modelstack.service"
 SITE = "etc/nginx/sites-available/modelstack.conf"
 ENABLED = "etc/nginx/sites-enabled"
 ENV_FILE = "etc/modelstack/env"
+KEY_FILE = "etc/modelstack/api_keys"
 NGINX = shutil.which("nginx") or shutil.which("nginx", path="/usr/sbin")
 
 
@@ -117,7 +118,7 @@ def test_install_script_is_shellcheck_clean():
 def test_root_mode_writes_only_under_its_folder_and_prints_the_privileged_steps(vm):
     dest, output = vm
     written = sorted(str(p.relative_to(dest)) for p in dest.rglob("*") if not p.is_dir())
-    assert written == sorted([ENV_FILE, f"{ENABLED}/modelstack.conf", SITE, UNIT])
+    assert written == sorted([ENV_FILE, KEY_FILE, f"{ENABLED}/modelstack.conf", SITE, UNIT])
     assert os.readlink(dest / ENABLED / "modelstack.conf") == "../sites-available/modelstack.conf"
     plan = [line.strip().removeprefix("would run: ") for line in output.splitlines() if "would run:" in line]
     assert f"env PYTHON=/usr/bin/python3 VENV={ROOT}/.venv {ROOT}/scripts/setup.sh" in plan
@@ -125,6 +126,7 @@ def test_root_mode_writes_only_under_its_folder_and_prints_the_privileged_steps(
     assert "--system" in useradd and "--shell /usr/sbin/nologin" in useradd and "--no-create-home" in useradd
     assert useradd.endswith(" modelstack")
     assert "usermod --append --groups modelstack www-data" in plan
+    assert f"chown root:modelstack {dest / KEY_FILE}" in plan
     # The service may read its code but never change it; other local users see nothing.
     assert f"chown -R root:modelstack {ROOT}" in plan
     assert f"chmod -R u+rwX,g+rX,g-w,o-rwx {ROOT}" in plan
@@ -290,7 +292,48 @@ def test_rerun_keeps_operator_edits_adds_new_knobs_and_is_idempotent(tmp_path):
     assert {p: p.read_bytes() for p in dest.rglob("*") if p.is_file()} == before
 
 
-@pytest.mark.parametrize("case", ["fixed-key", "bad-knob", "home", "api-keys", "monitoring", "email-alone"])
+def key_lines(path: Path) -> list[str]:
+    return [line for line in path.read_text().splitlines() if line and not line.startswith("#")]
+
+
+def test_first_install_generates_a_private_api_key_and_never_prints_it(tmp_path):
+    dest = tmp_path / "root"
+    result = install(dest)
+    assert result.returncode == 0, result.stdout + result.stderr
+    key_file = dest / KEY_FILE
+    [key] = key_lines(key_file)
+    assert re.fullmatch(r"[A-Za-z0-9_-]{43}", key)  # 32 random bytes, URL-safe base64
+    assert stat.S_IMODE(key_file.stat().st_mode) == 0o640
+    assert env_lines(dest / ENV_FILE)["API_KEYS_FILE"] == "/etc/modelstack/api_keys"
+    assert key not in result.stdout + result.stderr
+    assert "generated a key in /etc/modelstack/api_keys" in result.stdout
+    assert "sudo cat /etc/modelstack/api_keys" in result.stdout
+    # Reruns keep it; another install generates another.
+    installed(dest)
+    assert key_lines(key_file) == [key]
+    other = tmp_path / "other"
+    installed(other)
+    assert key_lines(other / KEY_FILE) != [key]
+
+
+def test_given_api_keys_replace_the_file_and_off_opens_the_api(tmp_path):
+    dest = tmp_path / "root"
+    keys = ["k" * 16 + "-alice", "k" * 16 + "-bob"]
+    result = install(dest, API_KEYS=f"{keys[0]}, {keys[1]}")
+    assert result.returncode == 0, result.stderr
+    assert key_lines(dest / KEY_FILE) == keys and not any(key in result.stdout + result.stderr for key in keys)
+    # Not in the env file: systemd would hand it to the service, but it is the key file's job.
+    assert "API_KEYS" not in env_lines(dest / ENV_FILE) and keys[0] not in (dest / ENV_FILE).read_text()
+    output = installed(dest, API_KEYS="off")
+    assert "off (API_KEYS=off)" in output and env_lines(dest / ENV_FILE)["API_KEYS_FILE"] == ""
+    # Off stays off on a plain rerun; given keys turn them on again.
+    assert "the JSON API answers without a key" in installed(dest)
+    installed(dest, API_KEYS=keys[1])
+    assert env_lines(dest / ENV_FILE)["API_KEYS_FILE"] == "/etc/modelstack/api_keys"
+    assert key_lines(dest / KEY_FILE) == [keys[1]]
+
+
+@pytest.mark.parametrize("case", ["fixed-key", "bad-knob", "home", "weak-api-key", "monitoring", "email-alone"])
 def test_refuses_what_would_break_or_mislead_with_a_clear_message(tmp_path, case):
     dest = tmp_path / "root"
     env = {}
@@ -299,7 +342,7 @@ def test_refuses_what_would_break_or_mislead_with_a_clear_message(tmp_path, case
         line = "RUN_DIR=/var/lib/modelstack" if case == "fixed-key" else "HARAKIRI=soon"
         with open(dest / ENV_FILE, "a") as env_file:
             env_file.write(line + "\n")
-    env = {"home": {"APP_DIR": "/home/alice/modelstack"}, "api-keys": {"API_KEYS": "secret"},
+    env = {"home": {"APP_DIR": "/home/alice/modelstack"}, "weak-api-key": {"API_KEYS": "secret"},
            "monitoring": {"MONITORING": "1"}, "email-alone": {"EMAIL": "ops@example.org"}}.get(case, env)
     result = install(dest, **env)
     assert result.returncode == 1
@@ -307,7 +350,7 @@ def test_refuses_what_would_break_or_mislead_with_a_clear_message(tmp_path, case
         "fixed-key": "RUN_DIR is fixed by the unit and this script; remove that line",
         "bad-knob": "HARAKIRI='soon' is not an integer (fix /etc/modelstack/env and rerun)",
         "home": "the service cannot see /home or /root (ProtectHome); clone to /opt/modelstack",
-        "api-keys": "API_KEYS is not supported by this version yet",
+        "weak-api-key": "API_KEYS: every key needs 16 or more printable ASCII characters",
         "monitoring": "MONITORING is not supported by this version yet",
         "email-alone": "EMAIL is only used with DOMAIN",
     }[case]
@@ -323,13 +366,14 @@ VM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 LOAD = """
 import sys, threading, time, requests
 url, seconds, body = sys.argv[1], float(sys.argv[2]), open(sys.argv[3], "rb").read()
+headers = {"X-API-Key": sys.argv[4]}
 results = []
 def client():
     with requests.Session() as session:
         end = time.monotonic() + seconds
         while time.monotonic() < end:
             try:
-                results.append(session.post(url, files={"file": ("d.png", body)}, timeout=10).status_code)
+                results.append(session.post(url, files={"file": ("d.png", body)}, headers=headers, timeout=10).status_code)
             except requests.RequestException as error:
                 results.append(type(error).__name__)
 threads = [threading.Thread(target=client) for _ in range(4)]
@@ -469,10 +513,19 @@ def test_booted_vm_install_serves_reloads_and_stops_as_the_service_user(booted, 
     assert vm.run("runuser", "-u", "modelstack", "--", "touch", "/opt/modelstack/app/x").returncode != 0
     assert vm.run("runuser", "-u", "nobody", "--", "ls", "/run/modelstack").returncode != 0
 
+    # The generated API key: readable by the service's group only, and required by the JSON API.
+    assert vm.run("stat", "-c", "%a %U %G", "/etc/modelstack/api_keys").stdout.split() == ["640", "root", "modelstack"]
+    [key] = [line for line in vm.run("cat", "/etc/modelstack/api_keys").stdout.splitlines()
+             if line and not line.startswith("#")]
+    assert key not in first.stdout + first.stderr
+
     image, label = held_out_digits()[0]
     (vm.merged / "root" / "digit.png").write_bytes(digit_png(image))
-    answer = vm.run("curl", "-fsS", "-H", "X-Request-ID: vm-test-1", "-F", "file=@/root/digit.png",
-                    "http://127.0.0.1/api/v1/models/digits/predict")
+    refused = vm.run("curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}", "-F", "file=@/root/digit.png",
+                     "http://127.0.0.1/api/v1/models/digits/predict")
+    assert refused.stdout == "401", refused.stdout + refused.stderr
+    answer = vm.run("curl", "-fsS", "-H", "X-Request-ID: vm-test-1", "-H", f"Authorization: Bearer {key}",
+                    "-F", "file=@/root/digit.png", "http://127.0.0.1/api/v1/models/digits/predict")
     assert answer.returncode == 0, answer.stderr
     assert json.loads(answer.stdout)["predictions"][0]["label"] == str(label)
     assert vm.run("curl", "-fsS", "-o", "/dev/null", "http://127.0.0.1/static/style.css").returncode == 0
@@ -481,12 +534,14 @@ def test_booted_vm_install_serves_reloads_and_stops_as_the_service_user(booted, 
     assert metrics.returncode == 0 and "# TYPE" in metrics.stdout, metrics.stderr
     journal = vm.run("journalctl", "-t", "modelstack_nginx", "--no-pager", "-o", "cat").stdout
     assert '"request_id":"vm-test-1"' in journal
+    service_log = vm.run("journalctl", "-u", "modelstack", "--no-pager", "-o", "cat").stdout
+    assert "vm-test-1" in service_log and key not in journal + service_log
 
     # `systemctl reload` (via a rerun of the script) replaces every worker; no request fails.
     (tmp_path / "load.py").write_text(LOAD)
     load = subprocess.Popen(
         ["nsenter", "-t", str(vm.init_pid), "-n", sys.executable, str(tmp_path / "load.py"),
-         "http://127.0.0.1/api/v1/models/digits/predict", "8", str(vm.merged / "root" / "digit.png")],
+         "http://127.0.0.1/api/v1/models/digits/predict", "8", str(vm.merged / "root" / "digit.png"), key],
         stdout=subprocess.PIPE, text=True,
     )
     time.sleep(1)

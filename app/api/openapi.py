@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from flask import Blueprint, jsonify
 
+from ..state import settings
 from .oip import SERVER_NAME, SERVER_VERSION
 
 bp = Blueprint("openapi", __name__)
@@ -25,6 +26,15 @@ ERRORS = {
     "422": _error("Wrong tensor shape or datatype"),
     "503": _error("Not ready"),
 }
+# Operations any client may call, with or without API keys on the server (see app/auth.py).
+OPEN = {"security": []}
+UNAUTHORIZED = {
+    "description": "Missing or invalid API key (only when the server has keys)",
+    "headers": {"WWW-Authenticate": {"schema": {"type": "string", "const": "Bearer"}}},
+    "content": _json("Error"),
+}
+# With keys configured, either header will do.
+SECURITY = [{"bearer": []}, {"apiKey": []}]
 NAME = {"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}
 VERSION = {"name": "version", "in": "path", "required": True, "schema": {"type": "string", "pattern": "^[0-9]+$"}}
 
@@ -41,6 +51,15 @@ def _model_paths(suffix: str, operation: dict, method: str = "get") -> dict:
 
 def _ok(description: str, schema: str | None = None) -> dict:
     return {"description": description, **({"content": _json(schema)} if schema else {})}
+
+
+def _requiring_keys(paths: dict) -> dict:
+    """Every operation not marked ``OPEN`` answers 401 without a valid key (when the server has keys)."""
+    for operations in paths.values():
+        for operation in operations.values():
+            if "security" not in operation:
+                operation["responses"] = {**operation["responses"], "401": UNAUTHORIZED}
+    return paths
 
 
 TENSOR = {
@@ -66,14 +85,14 @@ SPEC = {
         "Binary tensors: put the JSON header's length in Inference-Header-Content-Length and append the raw "
         "little-endian tensor bytes; see parameters.binary_data_size.",
     },
-    "paths": {
-        "/healthz": {"get": {"operationId": "healthz", "summary": "The process is alive",
+    "paths": _requiring_keys({
+        "/healthz": {"get": {"operationId": "healthz", "summary": "The process is alive", **OPEN,
                              "responses": {"200": _ok("Alive")}}},
-        "/readyz": {"get": {"operationId": "readyz", "summary": "Every model is loaded and warmed",
+        "/readyz": {"get": {"operationId": "readyz", "summary": "Every model is loaded and warmed", **OPEN,
                             "responses": {"200": _ok("Ready"), "503": ERRORS["503"]}}},
         "/v2": {"get": {"operationId": "server_metadata", "responses": {"200": _ok("Server metadata", "ServerMetadata")}}},
-        "/v2/health/live": {"get": {"operationId": "server_live", "responses": {"200": _ok("Live")}}},
-        "/v2/health/ready": {"get": {"operationId": "server_ready",
+        "/v2/health/live": {"get": {"operationId": "server_live", **OPEN, "responses": {"200": _ok("Live")}}},
+        "/v2/health/ready": {"get": {"operationId": "server_ready", **OPEN,
                                      "responses": {"200": _ok("Ready"), "503": _ok("Not ready")}}},
         **_model_paths("", {"operationId": "model_metadata",
                             "responses": {"200": _ok("Model metadata", "ModelMetadata"), "404": ERRORS["404"]}}),
@@ -108,38 +127,45 @@ SPEC = {
             "responses": {"200": _ok("Top-k labels and scores", "Prediction"),
                           **{k: ERRORS[k] for k in ("400", "404", "413", "415")}},
         }},
+    }),
+    "components": {
+        "securitySchemes": {
+            "bearer": {"type": "http", "scheme": "bearer", "description": "Authorization: Bearer <API key>"},
+            "apiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"},
+        },
+        "schemas": {
+            "Error": {"type": "object", "required": ["error"], "properties": {"error": {"type": "string"}}},
+            "ServerMetadata": {"type": "object", "required": ["name", "version", "extensions"], "properties": {
+                "name": {"type": "string"}, "version": {"type": "string"},
+                "extensions": {"type": "array", "items": {"type": "string"}}}},
+            "TensorMetadata": {"type": "object", "required": ["name", "datatype", "shape"], "properties": {
+                "name": {"type": "string"}, "datatype": {"type": "string"},
+                "shape": {"type": "array", "items": {"type": "integer"}}}},
+            "ModelMetadata": {"type": "object", "required": ["name", "platform", "inputs", "outputs"], "properties": {
+                "name": {"type": "string"}, "versions": {"type": "array", "items": {"type": "string"}},
+                "platform": {"type": "string"},
+                "inputs": {"type": "array", "items": {"$ref": "#/components/schemas/TensorMetadata"}},
+                "outputs": {"type": "array", "items": {"$ref": "#/components/schemas/TensorMetadata"}}}},
+            "InferenceRequest": {"type": "object", "required": ["inputs"], "additionalProperties": False, "properties": {
+                "id": {"type": "string"}, "parameters": {"type": "object"},
+                "inputs": {"type": "array", "minItems": 1, "items": TENSOR},
+                "outputs": {"type": "array", "items": {"type": "object", "required": ["name"], "additionalProperties": False,
+                                                       "properties": {"name": {"type": "string"},
+                                                                      "parameters": {"type": "object"}}}}}},
+            "InferenceResponse": {"type": "object", "required": ["model_name", "outputs"], "properties": {
+                "model_name": {"type": "string"}, "model_version": {"type": "string"}, "id": {"type": "string"},
+                "outputs": {"type": "array", "items": TENSOR}}},
+            "Prediction": {"type": "object", "required": ["model", "version"], "properties": {
+                "model": {"type": "string"}, "version": {"type": "string"},
+                "predictions": {"type": "array", "items": {"type": "object", "required": ["label", "score"], "properties": {
+                    "label": {"type": "string"}, "score": {"type": "number"}}}},
+                "results": {"type": "array", "items": {"type": "object"}}}},
+        },
     },
-    "components": {"schemas": {
-        "Error": {"type": "object", "required": ["error"], "properties": {"error": {"type": "string"}}},
-        "ServerMetadata": {"type": "object", "required": ["name", "version", "extensions"], "properties": {
-            "name": {"type": "string"}, "version": {"type": "string"},
-            "extensions": {"type": "array", "items": {"type": "string"}}}},
-        "TensorMetadata": {"type": "object", "required": ["name", "datatype", "shape"], "properties": {
-            "name": {"type": "string"}, "datatype": {"type": "string"},
-            "shape": {"type": "array", "items": {"type": "integer"}}}},
-        "ModelMetadata": {"type": "object", "required": ["name", "platform", "inputs", "outputs"], "properties": {
-            "name": {"type": "string"}, "versions": {"type": "array", "items": {"type": "string"}},
-            "platform": {"type": "string"},
-            "inputs": {"type": "array", "items": {"$ref": "#/components/schemas/TensorMetadata"}},
-            "outputs": {"type": "array", "items": {"$ref": "#/components/schemas/TensorMetadata"}}}},
-        "InferenceRequest": {"type": "object", "required": ["inputs"], "additionalProperties": False, "properties": {
-            "id": {"type": "string"}, "parameters": {"type": "object"},
-            "inputs": {"type": "array", "minItems": 1, "items": TENSOR},
-            "outputs": {"type": "array", "items": {"type": "object", "required": ["name"], "additionalProperties": False,
-                                                   "properties": {"name": {"type": "string"},
-                                                                  "parameters": {"type": "object"}}}}}},
-        "InferenceResponse": {"type": "object", "required": ["model_name", "outputs"], "properties": {
-            "model_name": {"type": "string"}, "model_version": {"type": "string"}, "id": {"type": "string"},
-            "outputs": {"type": "array", "items": TENSOR}}},
-        "Prediction": {"type": "object", "required": ["model", "version"], "properties": {
-            "model": {"type": "string"}, "version": {"type": "string"},
-            "predictions": {"type": "array", "items": {"type": "object", "required": ["label", "score"], "properties": {
-                "label": {"type": "string"}, "score": {"type": "number"}}}},
-            "results": {"type": "array", "items": {"type": "object"}}}},
-    }},
 }
 
 
 @bp.get("/openapi.json")
 def openapi():
-    return jsonify(SPEC)
+    """Keys required only when this server has some: clients and fuzzers see what it enforces."""
+    return jsonify({**SPEC, "security": SECURITY} if settings().api_keys else SPEC)

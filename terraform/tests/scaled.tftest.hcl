@@ -99,9 +99,9 @@ run "load_balancer_in_front_of_an_auto_scaling_group" {
       ["dpkg", "-i", "/run/amazon-ssm-agent.deb"],
       ["git", "clone", "https://git.example.com/team/modelstack.git", "/opt/modelstack"],
       ["git", "-C", "/opt/modelstack", "checkout", "v1.2.0"],
-      ["env", "TRUSTED_PROXIES=172.31.0.0/16", "/opt/modelstack/deploy/install.sh"],
+      ["env", "API_KEYS=off", "TRUSTED_PROXIES=172.31.0.0/16", "/opt/modelstack/deploy/install.sh"],
     ]
-    error_message = "Instances must install the same way as the single VM and trust X-Forwarded-For from inside the VPC."
+    error_message = "Instances must install the same way as the single VM, trust X-Forwarded-For from inside the VPC and leave API keys off (a key generated per instance would work on that instance only)."
   }
   assert {
     condition = {

@@ -384,6 +384,16 @@ run "install_env_cannot_override_managed_settings" {
   expect_failures = [var.install_env]
 }
 
+run "api_keys_never_travel_in_user_data" {
+  command = plan
+
+  variables {
+    install_env = { API_KEYS = "a-secret-that-user-data-would-leak" }
+  }
+
+  expect_failures = [var.install_env]
+}
+
 run "install_env_values_install_sh_refuses_are_rejected" {
   command = plan
 
