@@ -4,14 +4,24 @@ from __future__ import annotations
 
 import logging
 import re
+import time
 import uuid
+from functools import partial
 
-from flask import Flask, g, request
+from flask import Flask, current_app, g, request
 from flask.json.provider import JSONProvider
 import orjson
 
-from .inference import ModelRegistry
+from . import logs, metrics
+from .inference import ModelRegistry, ModelVersion, Stages
+from .inference.timing import queue_seconds
 from .settings import Settings
+
+try:
+    from uwsgi import disconnect as _end_response
+except ImportError:  # not under uWSGI: the server ends the response itself
+    def _end_response() -> None:
+        pass
 
 # A client-supplied request id is echoed in logs and headers: keep it short and printable.
 REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
@@ -44,7 +54,12 @@ def create_app(settings: Settings | None = None) -> Flask:
     app = Flask(__name__, static_folder=None)
     app.json = OrjsonProvider(app)
     app.config.update(MAX_CONTENT_LENGTH=settings.max_content_length)
+    # Before any other hook: the first before_request and (Flask runs them in reverse) the
+    # last after_request, so the request id is always set and the stages cover every hook.
+    app.before_request(_start_request)
+    app.after_request(_finish_request)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logs.configure()
 
     registry = ModelRegistry(settings.model_repository, settings.intra_op_threads)
     registry.load()
@@ -56,19 +71,40 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.register_blueprint(api.bp)
     app.register_blueprint(web.bp)
     errors.init_app(app)
-    app.before_request(_assign_request_id)
-    app.after_request(_send_request_id)
+    app.extensions["metrics"] = metrics.init_app(app, registry)
     return app
 
 
-def _assign_request_id() -> None:
+def _start_request() -> None:
     supplied = request.headers.get("X-Request-ID", "")
     g.request_id = supplied if REQUEST_ID.fullmatch(supplied) else uuid.uuid4().hex
+    # The worker picks the request up now: the queue ends, the worker's own time starts.
+    g.queue = queue_seconds(request.headers.get("X-Request-Start"), time.time())
+    g.started = time.perf_counter()
 
 
-def _send_request_id(response):
-    response.headers["X-Request-ID"] = g.get("request_id", "")
-    stages = g.get("stages")
-    if stages is not None and stages.seconds:
-        response.headers["Server-Timing"] = stages.server_timing()
+def _finish_request(response):
+    """Complete the stages and send them; count and log the same figures once the client has its answer."""
+    stages = g.get("stages") or Stages()
+    stages.complete(time.perf_counter() - g.started, g.queue)
+    response.headers["X-Request-ID"] = g.request_id
+    response.headers["Server-Timing"] = stages.server_timing()
+    model = g.get("model")
+    line = logs.request_line(response, stages, model)
+    has_body = bool(response.content_length) and request.method != "HEAD"
+    response.call_on_close(partial(
+        _record, current_app.extensions["metrics"], model, stages, response.status_code, line, has_body,
+    ))
     return response
+
+
+def _record(inference: metrics.InferenceMetrics, model: ModelVersion | None, stages: Stages, status: int,
+            line: dict, has_body: bool) -> None:
+    # nginx finishes a request when uWSGI closes the connection: close it before the bookkeeping
+    # instead of making the client wait for it. uWSGI has written a body (and the headers with
+    # it) by the time it closes the response; an empty response it writes only afterwards.
+    if has_body:
+        _end_response()
+    if model is not None:
+        inference.observe(model, stages, status)
+    logs.write(line)

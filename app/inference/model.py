@@ -100,9 +100,13 @@ class ModelVersion:
         input_names = [spec.name for spec in self.inputs]
         output_names = [spec.name for spec in self.outputs]
         if self.config.input_name not in input_names:
-            raise ConfigError(source, "input.name", f"{self.path} has inputs {input_names}")
+            raise ConfigError(
+                source, "input.name", f"{self.config.input_name!r} is not an input of {self.path}; it has {input_names}"
+            )
         if self.config.output_name not in output_names:
-            raise ConfigError(source, "output.name", f"{self.path} has outputs {output_names}")
+            raise ConfigError(
+                source, "output.name", f"{self.config.output_name!r} is not an output of {self.path}; it has {output_names}"
+            )
         if len(self.inputs) != 1:
             raise ConfigError(source, "task", f"image classification needs one input; {self.path} has {input_names}")
         spec = self.input
@@ -149,6 +153,7 @@ class ModelVersion:
             raise InferenceError(422, f"the model rejected the input: {_first_line(exc)}") from None
         elapsed = time.perf_counter() - start
         items = next(iter(feeds.values())).shape[0] if self.batchable else 1
+        stages.batch_sizes.append(items)
         with self.stats.lock:
             self.stats.inference_count += items
             self.stats.execution_count += 1
