@@ -30,3 +30,25 @@ model:            ## retrain the embedded digits model (reproducible)
 
 help:             ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/\t/'
+
+.PHONY: bench
+bench:            ## benchmark vs raw ONNX Runtime, uWSGI alone, gunicorn, uvicorn (~8 min; BENCH_ARGS=--quick: ~1 min)
+	scripts/setup.sh --dev && $(PYTHON) -m bench $(BENCH_ARGS)
+
+.PHONY: loadtest
+loadtest:         ## Locust load test of HOST (a URL; default the local stack) with USERS for DURATION, report in reports/ (LOADTEST_ARGS="--step --slo-p95-ms 50")
+	scripts/setup.sh --dev && $(PYTHON) -m loadtests.run $(if $(HOST),--host $(HOST)) $(if $(USERS),--users $(USERS)) $(if $(DURATION),--duration $(DURATION)) $(LOADTEST_ARGS)
+
+# AWS (terraform/; README "On AWS"): needs AWS credentials and repo_url in terraform/terraform.tfvars.
+TERRAFORM := terraform -chdir=terraform
+
+.PHONY: deploy
+deploy:           ## create or update the AWS deployment, print its url (settings: terraform/terraform.tfvars; TF_ARGS=-auto-approve)
+	$(TERRAFORM) init -input=false
+	$(TERRAFORM) apply $(TF_ARGS)
+	@$(TERRAFORM) output
+
+.PHONY: destroy
+destroy:          ## delete everything `make deploy` created (TF_ARGS=-auto-approve)
+	$(TERRAFORM) init -input=false
+	$(TERRAFORM) destroy $(TF_ARGS)

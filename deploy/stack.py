@@ -56,7 +56,7 @@ class StackConfig:
     port: int = field(default_factory=lambda: env_int("PORT", 8080, minimum=1))
     workers: int = field(default_factory=lambda: env_int("WORKERS", available_cpus(), minimum=1))
     harakiri: int = field(default_factory=lambda: env_int("HARAKIRI", 30, minimum=1))
-    # Small on purpose: when every worker is busy and this queue is full, nginx answers 503 at once.
+    # Small on purpose: when every worker is busy and this queue is full, nginx answers 502 at once.
     listen_backlog: int = field(default_factory=lambda: min(env_int("LISTEN_BACKLOG", 128, minimum=1), _somaxconn()))
     max_requests: int = field(default_factory=lambda: env_int("MAX_REQUESTS", 20000, minimum=1))
     max_requests_delta: int = field(default_factory=lambda: env_int("MAX_REQUESTS_DELTA", 1000))
@@ -71,7 +71,11 @@ class StackConfig:
     server_name: str = field(default_factory=lambda: env_str("SERVER_NAME", "_"))
     tls_certificate: str = field(default_factory=lambda: env_str("TLS_CERTIFICATE", ""))
     tls_certificate_key: str = field(default_factory=lambda: env_str("TLS_CERTIFICATE_KEY", ""))
+    # Addresses of the HTTPS server block; plain HTTP redirects to the first one's port.
+    tls_listen: list[str] = field(default_factory=lambda: env_list("TLS_LISTEN") or ["443"])
     nginx_workers: str = field(default_factory=lambda: env_str("NGINX_WORKERS", "auto"))
+    # How nginx talks to the app server on APP_SOCKET: "uwsgi" (uWSGI) or "http" (gunicorn, uvicorn, ...).
+    app_protocol: str = field(default_factory=lambda: env_str("APP_PROTOCOL", "uwsgi"))
     run_as: str = field(default_factory=lambda: env_str("RUN_AS", ""))
 
     # Paths that differ per environment; the defaults keep everything under the run directory.
@@ -96,6 +100,10 @@ class StackConfig:
     def tls(self) -> bool:
         return bool(self.tls_certificate and self.tls_certificate_key)
 
+    @property
+    def https_port(self) -> int:
+        return int(self.tls_listen[0].rsplit(":", 1)[-1])
+
     def path(self, name: str) -> Path:
         return self.run_dir / name
 
@@ -107,6 +115,8 @@ def render(config: StackConfig, out: Path, site_only: bool = False) -> Path:
     """Write the nginx site (and, unless ``site_only``, a main nginx.conf) into ``out``."""
     from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
+    if config.app_protocol not in ("uwsgi", "http"):
+        raise SystemExit(f"APP_PROTOCOL must be uwsgi or http, not {config.app_protocol!r}")
     env = Environment(loader=FileSystemLoader(DEPLOY / "nginx"), undefined=StrictUndefined, keep_trailing_newline=True)
     settings = Settings()
     out.mkdir(parents=True, exist_ok=True)
@@ -115,6 +125,7 @@ def render(config: StackConfig, out: Path, site_only: bool = False) -> Path:
         listen=config.listen,
         server_name=config.server_name,
         uwsgi_socket=config.uwsgi_socket,
+        app_protocol=config.app_protocol,
         static_dir=env_str("STATIC_DIR", str(ROOT / "app" / "web" / "static")),
         access_log=env_str("ACCESS_LOG", str(config.path("logs/access.log"))),
         certbot_webroot=env_str("CERTBOT_WEBROOT", str(config.path("acme"))),
@@ -128,6 +139,8 @@ def render(config: StackConfig, out: Path, site_only: bool = False) -> Path:
         tls=config.tls,
         tls_certificate=config.tls_certificate,
         tls_certificate_key=config.tls_certificate_key,
+        tls_listen=config.tls_listen,
+        https_port=config.https_port,
     ))
     if site_only:
         return site
@@ -180,7 +193,6 @@ def uwsgi_env(config: StackConfig) -> dict[str, str]:
         MASTER_PIDFILE=str(config.path("uwsgi.pid")),
         STATS_SOCKET=str(config.path("uwsgi-stats.sock")),
         RELOAD_TRIGGER=str(config.path("reload.trigger")),
-        LISTEN_BACKLOG=str(config.listen_backlog),
         HARAKIRI=str(config.harakiri),
         MAX_REQUESTS=str(config.max_requests),
         MAX_REQUESTS_DELTA=str(config.max_requests_delta),
@@ -209,10 +221,17 @@ def prepare_run_dir(config: StackConfig) -> None:
             os.chown(path, user.pw_uid, user.pw_gid)
 
 
+def uwsgi_command(config: StackConfig) -> list[str]:
+    """uWSGI's command line. The listen queue is set here, not in the ini: uWSGI applies
+    ``listen`` before it expands $(VARIABLES), so ``listen = $(LISTEN_BACKLOG)`` meant 0."""
+    binary = Path(sys.executable).parent / "uwsgi"
+    return [str(binary), "--ini", str(UWSGI_INI), "--listen", str(config.listen_backlog)]
+
+
 def exec_uwsgi(config: StackConfig) -> None:
     prepare_run_dir(config)
-    binary = Path(sys.executable).parent / "uwsgi"
-    os.execve(binary, [str(binary), "--ini", str(UWSGI_INI)], uwsgi_env(config))
+    command = uwsgi_command(config)
+    os.execve(command[0], command, uwsgi_env(config))
 
 
 def uwsgi_stats(config: StackConfig) -> dict:
@@ -243,12 +262,19 @@ class Stack:
         self.config = config
         self.uwsgi: subprocess.Popen | None = None
         self.nginx: subprocess.Popen | None = None
+        self.stopping: list[int] = []  # signals that asked us to stop
+
+    def _on_signal(self, signum, frame) -> None:
+        self.stopping.append(signum)
 
     def nginx_command(self, *extra: str) -> list[str]:
         return [nginx_binary(), "-p", str(self.config.run_dir), "-c", str(self.config.path("nginx.conf")), *extra]
 
     def start(self, timeout: float = 120) -> None:
         config = self.config
+        # From here on, Ctrl-C and SIGTERM stop whatever has been started, even before it is ready.
+        signal.signal(signal.SIGINT, self._on_signal)
+        signal.signal(signal.SIGTERM, self._on_signal)
         prepare_run_dir(config)
         render(config, config.run_dir)
         check = subprocess.run(self.nginx_command("-t", "-q"), capture_output=True, text=True)
@@ -268,30 +294,31 @@ class Stack:
             if time.monotonic() > deadline:
                 self.stop()
                 raise SystemExit(f"the stack was not ready within {timeout:.0f} s")
+            if self.stopping:
+                self.stop()
+                raise SystemExit("stopped before the stack was ready")
             time.sleep(0.2)
 
     def stop(self) -> None:
         """nginx first (finishes in-flight requests, accepts no more), then uWSGI, gracefully."""
-        mercy = self.config.worker_reload_mercy + 5
         for process, sig in ((self.nginx, signal.SIGQUIT), (self.uwsgi, signal.SIGTERM)):
             if process and process.poll() is None:
                 process.send_signal(sig)
-                try:
-                    process.wait(mercy)
-                except subprocess.TimeoutExpired:
-                    process.kill()
+                deadline = time.monotonic() + self.config.worker_reload_mercy + 5
+                while process.poll() is None and time.monotonic() < deadline:
+                    try:
+                        process.wait(1)
+                    except subprocess.TimeoutExpired:
+                        if process is self.uwsgi:
+                            _repeat_graceful_stop(process.pid)
+                if process.poll() is None:
+                    # Each runs in its own session: the group is the master and its workers.
+                    os.killpg(process.pid, signal.SIGKILL)
                     process.wait()
 
     def wait(self) -> int:
         """Block until a signal asks us to stop or a child dies; return the exit status."""
-        stopping = []
-
-        def on_signal(signum, frame):
-            stopping.append(signum)
-
-        signal.signal(signal.SIGINT, on_signal)
-        signal.signal(signal.SIGTERM, on_signal)
-        while not stopping:
+        while not self.stopping:
             for name, process in (("uwsgi", self.uwsgi), ("nginx", self.nginx)):
                 if process.poll() is not None:
                     print(f"{name} exited with status {process.returncode}; stopping", file=sys.stderr)
@@ -300,6 +327,23 @@ class Stack:
             time.sleep(0.2)
         self.stop()
         return 0
+
+
+def _repeat_graceful_stop(master: int) -> None:
+    """Send uWSGI's workers again what the stopping master sent them (SIGHUP: finish, then exit).
+
+    uWSGI 2.0.31 loses that signal on a worker still loading the app (at start-up, or just
+    respawned after harakiri or a recycle): the worker serves on and the master waits for ever.
+    """
+    try:
+        workers = Path(f"/proc/{master}/task/{master}/children").read_text().split()
+    except OSError:
+        return
+    for pid in workers:
+        try:
+            os.kill(int(pid), signal.SIGHUP)
+        except ProcessLookupError:
+            pass
 
 
 def _tail(path: Path, lines: int = 30) -> str:
@@ -382,7 +426,11 @@ def cmd_status(config: StackConfig) -> int:
 
 def cmd_reload(config: StackConfig, timeout: float = 300) -> int:
     """Re-render nginx and reload it, then chain-reload the workers one at a time."""
-    before = {w["id"]: w["pid"] for w in uwsgi_stats(config)["workers"]}
+    try:
+        before = {w["id"]: w["pid"] for w in uwsgi_stats(config)["workers"]}
+    except OSError:
+        print(f"no stack is running from {config.run_dir}", file=sys.stderr)
+        return 1
     start = time.monotonic()
     render(config, config.run_dir)
     nginx_pid = _read_pid(config.path("nginx.pid"))
@@ -395,7 +443,8 @@ def cmd_reload(config: StackConfig, timeout: float = 300) -> int:
         except OSError:
             workers = []
         replaced = [w for w in workers if w["pid"] not in before.values() and w["pid"] > 0]
-        if len(replaced) == len(before) and all(w["status"] in ("idle", "busy") for w in replaced):
+        # A replaced worker accepts requests once it has loaded the app (lazy-apps).
+        if len(replaced) == len(before) and all(w["accepting"] for w in replaced):
             print(f"reloaded {len(before)} workers in {time.monotonic() - start:.1f} s")
             return 0
         time.sleep(0.2)
