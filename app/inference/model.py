@@ -12,9 +12,12 @@ import onnxruntime as ort
 
 from .config import ConfigError, ModelConfig
 from .errors import InferenceError
-from .preprocess import decode, to_array
+from .preprocess import decode, sample_png, to_array
 from .tensors import TensorSpec
 from .timing import Stages
+
+
+WARM_UP_IMAGE = sample_png()
 
 
 def create_session(path: Path, threads: int) -> ort.InferenceSession:
@@ -132,8 +135,9 @@ class ModelVersion:
         return wanted
 
     def warm_up(self) -> None:
-        """Run once so the first real request does not pay for lazy initialisation."""
-        batch = np.zeros((1, *self.item_shape()), dtype=self.input.dtype)
+        """Send a picture through the whole path once: decoders, preprocessing and the
+        session initialise lazily, and the first real request should not pay for that."""
+        (batch,) = self._prepare([WARM_UP_IMAGE], max_pixels=1 << 20, stages=Stages())[:1]
         outputs = self.session.run([self.config.output_name], {self.input.name: batch})
         classes = outputs[0].shape[-1]
         if classes != len(self.config.labels):
