@@ -24,6 +24,14 @@
 #     from the same template as everywhere else; enabled, Debian's default site disabled
 #   - with DOMAIN and EMAIL: a certificate via certbot's webroot, renewed by certbot's timer,
 #     with a deploy hook that reloads nginx
+#   - with MONITORING=1 (kept in the env file, so reruns keep it up to date):
+#     Prometheus and the node and nginx exporters (Debian packages) with deploy/prometheus/'s
+#     config and rules and loopback targets; Grafana from Grafana's own apt repository
+#     (apt.grafana.com, not in Debian or Ubuntu: a separate step, MONITORING_GRAFANA=0 skips it)
+#     with deploy/grafana/'s datasource and dashboards and a generated admin password in
+#     /etc/modelstack/grafana.env. Everything listens on 127.0.0.1 only (open it through an SSH
+#     or SSM tunnel); with MONITORING_CIDR, Prometheus (9090) and Grafana (3000) listen on all
+#     addresses and the firewall (the security group) must admit only that range.
 #
 # Environment (all optional):
 #   APP_DIR         the checkout to serve (default: the one this script is in); not under /home
@@ -34,10 +42,7 @@
 #   API_KEYS        "key1 key2" (comma or space separated, 16+ characters each): replace the
 #                   keys in the key file with these; "off": no keys, the JSON API answers anyone.
 #                   Unset: keep what is there (or generate a key on the first run)
-#
-# Reserved for later work, refused until implemented rather than silently ignored:
-#   MONITORING=1    Prometheus, the nginx and node exporters and Grafana, reachable only
-#                   through a tunnel or an allow-listed CIDR
+#   MONITORING=1, MONITORING_GRAFANA=0, MONITORING_CIDR=203.0.113.0/24   see deploy/env.example
 set -euo pipefail
 umask 022
 
@@ -96,7 +101,6 @@ parse_args() {
 
 preflight() {
     say "checking the machine"
-    [ -z "${MONITORING:-}" ] || die "MONITORING is not supported by this version yet; unset it"
     [ -n "${EMAIL:-}" ] && [ -z "${DOMAIN:-}" ] && die "EMAIL is only used with DOMAIN"
     # systemd and nginx take these paths unquoted.
     case $APP_DIR in
@@ -115,15 +119,22 @@ preflight() {
     info "serving the checkout $APP_DIR"
 }
 
+package_installed() {
+    dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "ok installed"
+}
+
 apt_install() {
     local missing=() package
     for package in "$@"; do
-        dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "ok installed" || missing+=("$package")
+        package_installed "$package" || missing+=("$package")
     done
     [ ${#missing[@]} -gt 0 ] || return 0
     info "installing Debian packages: ${missing[*]}"
     run env DEBIAN_FRONTEND=noninteractive apt-get update -qq
-    run env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
+    # confold: configuration this script wrote before the package existed stays (the monitoring
+    # daemons start as soon as they are installed, and must never listen beyond 127.0.0.1).
+    run env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+        -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold "${missing[@]}"
 }
 
 install_packages() {
@@ -357,13 +368,14 @@ EOF
 
 # -- the uWSGI service and the nginx site ------------------------------------------------
 
-# Copy $1 to $2 with mode $3 unless identical; prints what happened.
+# Copy $1 to $2 with mode $3 unless identical; prints what happened and sets CHANGED when it wrote.
 install_file() {
     if cmp -s "$1" "$2"; then
         info "unchanged: $2"
     else
         install -D -m "$3" "$1" "$2"
         info "wrote $2"
+        CHANGED=1
     fi
 }
 
@@ -456,30 +468,261 @@ start_service() {
     fi
 }
 
-wait_ready() {
-    [ -z "$DEST" ] || return 0
-    say "waiting for /readyz through nginx"
-    local name port tls_port url args
-    name=$(env_value SERVER_NAME)
-    # The first address of each list; nginx serves the same site on all of them.
-    port=$(env_value LISTEN | awk '{ n = split($1, part, ":"); print part[n] }')
-    tls_port=$(env_value TLS_LISTEN | awk '{ n = split($1, part, ":"); print part[n] }')
-    if [ -n "$(env_value TLS_CERTIFICATE)" ]; then
-        url="https://${name:-_}:${tls_port:-443}/readyz"
-        args=(--resolve "${name:-_}:${tls_port:-443}:127.0.0.1")
-        [ "${name:-_}" != "_" ] || { url="https://127.0.0.1:${tls_port:-443}/readyz"; args=(--insecure); }
-    else
-        url="http://127.0.0.1:${port:-80}/readyz"
-        args=()
-    fi
-    for _ in $(seq 120); do
-        if curl -fsS -o /dev/null --max-time 2 "${args[@]}" "$url" 2>/dev/null; then
+# The port of the first address in knob $1 (nginx serves the same site on all of them), else $2.
+listen_port() {
+    local port
+    port=$(env_value "$1" | awk '{ n = split($1, part, ":"); print part[n] }')
+    echo "${port:-$2}"
+}
+
+# Wait up to $2 seconds for URL $1 to answer; $3 says where to look if it never does, curl options follow.
+wait_for() {
+    local url=$1 seconds=$2 logs=$3
+    shift 3
+    for _ in $(seq "$seconds"); do
+        if curl -fsS -o /dev/null --max-time 2 "$@" "$url" 2>/dev/null; then
             info "ready: $url"
             return 0
         fi
         sleep 1
     done
-    die "$url did not answer within 120 s: see journalctl -u $SERVICE and journalctl -u nginx"
+    die "$url did not answer within $seconds s: see $logs"
+}
+
+wait_ready() {
+    [ -z "$DEST" ] || return 0
+    say "waiting for /readyz through nginx"
+    local name tls_port url args=()
+    name=$(env_value SERVER_NAME)
+    tls_port=$(listen_port TLS_LISTEN 443)
+    if [ -n "$(env_value TLS_CERTIFICATE)" ]; then
+        url="https://${name:-_}:$tls_port/readyz"
+        args=(--resolve "${name:-_}:$tls_port:127.0.0.1")
+        [ "${name:-_}" != "_" ] || { url="https://127.0.0.1:$tls_port/readyz"; args=(--insecure); }
+    else
+        url="http://127.0.0.1:$(listen_port LISTEN 80)/readyz"
+    fi
+    wait_for "$url" 120 "journalctl -u $SERVICE and journalctl -u nginx" "${args[@]}"
+}
+
+# -- monitoring (MONITORING=1) --------------------------------------------------------------
+
+GRAFANA_REPOSITORY=https://apt.grafana.com
+GRAFANA_KEY=/etc/apt/keyrings/grafana.asc
+GRAFANA_LIST=/etc/apt/sources.list.d/grafana.list
+GRAFANA_DROP_IN=/etc/systemd/system/grafana-server.service.d/modelstack.conf
+GRAFANA_ENV=/etc/modelstack/grafana.env
+# Where deploy/grafana/provisioning/dashboards/modelstack.yml looks for the dashboards.
+GRAFANA_DASHBOARDS=/etc/grafana/dashboards/modelstack
+
+# Refuse bad monitoring knobs before anything is installed or restarted.
+check_monitoring() {
+    local knob value cidr
+    for knob in MONITORING MONITORING_GRAFANA; do
+        value=$(env_value "$knob")
+        case $value in
+            ''|0|1) ;;
+            *) die "$knob=$value: use 0 or 1 (fix $ENV_FILE and rerun)" ;;
+        esac
+    done
+    cidr=$(env_value MONITORING_CIDR)
+    [ -n "$cidr" ] || return 0
+    [ "$(env_value MONITORING)" = 1 ] || die "MONITORING_CIDR is only used with MONITORING=1 (fix $ENV_FILE and rerun)"
+    if ! [[ $cidr =~ ^([0-9]{1,3}\.){3}[0-9]{1,3}/([0-9]{1,2})$ ]] || [ "${BASH_REMATCH[2]}" -gt 32 ]; then
+        die "MONITORING_CIDR=$cidr: give one IPv4 range such as 203.0.113.0/24 (fix $ENV_FILE and rerun)"
+    fi
+    [ "${BASH_REMATCH[2]}" -gt 0 ] \
+        || die "MONITORING_CIDR=$cidr would open Prometheus and Grafana to the whole internet: give your own range, or none and use a tunnel (fix $ENV_FILE and rerun)"
+}
+
+# /etc/default/$1: the ARGS the Debian package's unit passes to its daemon.
+write_args() {
+    local name=$1 staged
+    shift
+    staged=$(mktemp)
+    printf '# %s for modelstack, written by deploy/install.sh (MONITORING=1): rerun it, do not edit.\nARGS="%s"\n' \
+        "$name" "$*" > "$staged"
+    install_file "$staged" "$DEST/etc/default/$name" 644
+    rm -f "$staged"
+}
+
+# Make folder $2 hold the files of folder $1 and nothing else: the project's, none left over.
+mirror_files() {
+    local from=$1 to=$2 file
+    install -d -m 755 "$to"
+    for file in "$from"/*; do
+        install_file "$file" "$to/${file##*/}" 644
+    done
+    for file in "$to"/*; do
+        if [ -f "$file" ] && [ ! -e "$from/${file##*/}" ]; then
+            rm -f "$file"
+            info "removed $file (no longer in the checkout)"
+            CHANGED=1
+        fi
+    done
+}
+
+# Enable $1 at boot and have it running: restarted when its files changed ($2 not empty).
+start_unit() {
+    run systemctl enable --quiet "$1"
+    if [ -n "$2" ]; then
+        run systemctl restart "$1"
+    else
+        run systemctl start "$1"
+    fi
+}
+
+# Prometheus scrapes the app's /metrics and the exporter reads /nginx_status on 127.0.0.1.
+check_scrape_paths() {
+    [ -z "$DEST" ] || return 0
+    local url status
+    for url in "http://127.0.0.1:$1/metrics" "http://127.0.0.1:$1/nginx_status"; do
+        status=$(curl -sS -o /dev/null -w '%{http_code}' --max-time 10 "$url" 2>/dev/null || true)
+        [ "$status" = 200 ] \
+            || die "nginx answers $status to $url, which Prometheus scrapes: keep 127.0.0.0/8 in METRICS_ALLOW (fix $ENV_FILE and rerun)"
+    done
+}
+
+# Debian's prometheus, prometheus-node-exporter and prometheus-nginx-exporter with the checkout's
+# deploy/prometheus/ and targets on loopback. The files are written before the packages are
+# installed: Debian starts each daemon at once, and then already on 127.0.0.1 (see apt_install).
+install_prometheus() {
+    say "monitoring: Prometheus and the node and nginx exporters"
+    local bind=$1 port staged file name address node_changed nginx_changed
+    port=$(listen_port LISTEN 80)
+    CHANGED=""
+    write_args prometheus-node-exporter --web.listen-address=127.0.0.1:9100
+    node_changed=$CHANGED
+    CHANGED=""
+    # Double-dash flags: the Go flag package (0.x, Debian 12) and kingpin (1.x) both read them.
+    write_args prometheus-nginx-exporter --web.listen-address=127.0.0.1:9113 \
+        "--nginx.scrape-uri=http://127.0.0.1:$port/nginx_status"
+    nginx_changed=$CHANGED
+    CHANGED=""
+    write_args prometheus "--web.listen-address=$bind:9090"
+    install_file "$APP_DIR/deploy/prometheus/prometheus.yml" "$DEST/etc/prometheus/prometheus.yml" 644
+    mirror_files "$APP_DIR/deploy/prometheus/rules" "$DEST/etc/prometheus/rules"
+    # The checkout's targets name the docker-compose services; here everything is on loopback.
+    staged=$(mktemp -d)
+    for file in "$APP_DIR"/deploy/prometheus/targets/*.yml; do
+        name=$(basename "$file" .yml)
+        case $name in
+            modelstack) address=127.0.0.1:$port ;;  # the app's /metrics, through nginx
+            nginx) address=127.0.0.1:9113 ;;
+            node) address=127.0.0.1:9100 ;;
+            prometheus) address=127.0.0.1:9090 ;;
+            *) die "deploy/prometheus/targets/$name.yml: install.sh knows no address for it on a VM" ;;
+        esac
+        printf '# Written by modelstack deploy/install.sh: the %s job on this VM.\n- targets: ["%s"]\n' \
+            "$name" "$address" > "$staged/$name.yml"
+    done
+    mirror_files "$staged" "$DEST/etc/prometheus/targets"
+    rm -rf "$staged"
+    apt_install prometheus prometheus-node-exporter prometheus-nginx-exporter
+    run promtool check config /etc/prometheus/prometheus.yml
+    check_scrape_paths "$port"
+    start_unit prometheus-node-exporter "$node_changed"
+    start_unit prometheus-nginx-exporter "$nginx_changed"
+    start_unit prometheus "$CHANGED"
+    [ -n "$DEST" ] || wait_for http://127.0.0.1:9090/-/ready 120 "journalctl -u prometheus"  # replaying its WAL takes a while
+}
+
+# Grafana is in neither Debian nor Ubuntu: its own apt repository is the one source here beyond
+# the distribution's mirrors. Its key comes over HTTPS and apt trusts it for that repository only.
+add_grafana_repository() {
+    say "monitoring: Grafana's apt repository $GRAFANA_REPOSITORY"
+    local key=$DEST$GRAFANA_KEY staged
+    if [ -s "$key" ] && package_installed grafana; then
+        info "have its signing key $GRAFANA_KEY"
+    else
+        install -d -m 755 "$(dirname "$key")"
+        staged=$key.download
+        if ! run curl -fsSL --proto =https --max-time 60 -o "$staged" "$GRAFANA_REPOSITORY/gpg.key"; then
+            rm -f "$staged"
+            die "cannot download $GRAFANA_REPOSITORY/gpg.key: Grafana needs outbound HTTPS from this VM to apt.grafana.com; open it and rerun, or go without Grafana: MONITORING_GRAFANA=0 $0"
+        fi
+        if [ -n "$DEST" ]; then
+            rm -f "$staged"
+        elif grep -q "BEGIN PGP PUBLIC KEY BLOCK" "$staged"; then
+            chmod 644 "$staged"
+            mv "$staged" "$key"
+            info "wrote its signing key $GRAFANA_KEY"
+        else
+            rm -f "$staged"
+            die "$GRAFANA_REPOSITORY/gpg.key is not an OpenPGP key (a proxy in the way?)"
+        fi
+    fi
+    # Only once the key is there: a source without its key would fail every apt-get update.
+    staged=$(mktemp)
+    printf '# Grafana from Grafana Labs, added by modelstack deploy/install.sh (MONITORING=1).\ndeb [signed-by=%s] %s stable main\n' \
+        "$GRAFANA_KEY" "$GRAFANA_REPOSITORY" > "$staged"
+    install_file "$staged" "$DEST$GRAFANA_LIST" 644
+    rm -f "$staged"
+}
+
+# The admin password Grafana takes when it creates its database: generated once, never printed.
+write_grafana_password() {
+    local file=$DEST$GRAFANA_ENV
+    if [ -e "$file" ]; then
+        info "kept $GRAFANA_ENV"
+        return
+    fi
+    (
+        umask 077
+        {
+            printf "# Grafana's first admin password (user admin), generated by modelstack deploy/install.sh.\n"
+            printf '# Grafana reads it only when it creates its database; change it in Grafana afterwards.\n'
+            printf 'GF_SECURITY_ADMIN_PASSWORD=%s\n' "$(new_key)"
+        } > "$file"
+    )
+    info "generated Grafana's admin password in $GRAFANA_ENV; read it with: sudo cat $GRAFANA_ENV"
+}
+
+install_grafana() {
+    say "monitoring: Grafana with the checkout's datasource and dashboards"
+    local bind=$1 staged
+    CHANGED=""
+    install_file "$APP_DIR/deploy/grafana/provisioning/datasources/prometheus.yml" \
+        "$DEST/etc/grafana/provisioning/datasources/modelstack.yml" 644
+    install_file "$APP_DIR/deploy/grafana/provisioning/dashboards/modelstack.yml" \
+        "$DEST/etc/grafana/provisioning/dashboards/modelstack.yml" 644
+    mirror_files "$APP_DIR/deploy/grafana/dashboards" "$DEST$GRAFANA_DASHBOARDS"
+    staged=$(mktemp)
+    sed "s|@GRAFANA_HTTP_ADDR@|$bind|g" "$APP_DIR/deploy/systemd/grafana-server.conf" > "$staged"
+    install_file "$staged" "$DEST$GRAFANA_DROP_IN" 644
+    rm -f "$staged"
+    write_grafana_password
+    apt_install grafana
+    run systemctl daemon-reload
+    start_unit grafana-server "$CHANGED"
+    [ -n "$DEST" ] || wait_for http://127.0.0.1:3000/api/health 180 "journalctl -u grafana-server"  # first start: database migrations
+}
+
+install_monitoring() {
+    [ "$(env_value MONITORING)" = 1 ] || return 0
+    local bind=127.0.0.1
+    # An allow-listed range: Prometheus and Grafana listen everywhere and the security group
+    # (terraform's monitoring_cidr) admits that range alone; nothing on this VM filters it.
+    [ -z "$(env_value MONITORING_CIDR)" ] || bind=0.0.0.0
+    install_prometheus "$bind"
+    if [ "$(env_value MONITORING_GRAFANA)" != 0 ]; then
+        add_grafana_repository
+        install_grafana "$bind"
+    fi
+}
+
+# How the operator reaches the monitoring from their own machine.
+monitoring_help() {
+    [ "$(env_value MONITORING)" = 1 ] || return 0
+    info "Prometheus: http://127.0.0.1:9090 on this VM; exporters on 127.0.0.1:9100 and 127.0.0.1:9113"
+    if [ "$(env_value MONITORING_GRAFANA)" != 0 ]; then
+        info "Grafana: http://127.0.0.1:3000, user admin, password: sudo cat $GRAFANA_ENV"
+    fi
+    if [ -n "$(env_value MONITORING_CIDR)" ]; then
+        info "also on this VM's addresses, ports 9090 and 3000: only the firewall keeps out all but $(env_value MONITORING_CIDR)"
+    fi
+    info "from your machine: ssh -N -L 3000:127.0.0.1:3000 -L 9090:127.0.0.1:9090 <user>@<this VM>, or"
+    info "  aws ssm start-session --target <instance id> --document-name AWS-StartPortForwardingSession --parameters '{\"portNumber\":[\"3000\"],\"localPortNumber\":[\"3000\"]}'"
 }
 
 main() {
@@ -488,6 +731,7 @@ main() {
     install_packages
     create_user
     write_env_file
+    check_monitoring
     install_api_keys
     secure_checkout
     install_unit
@@ -495,12 +739,14 @@ main() {
     setup_tls
     start_service
     wait_ready
+    install_monitoring
     [ -z "$TLS_FAILED" ] || die "$TLS_FAILED; rerun this script to retry"
     say "done"
     if [ -n "$DEST" ]; then
         info "files under $DEST"
     else
         info "modelstack is serving this checkout; logs: journalctl -u $SERVICE, journalctl -t modelstack_nginx"
+        monitoring_help
     fi
 }
 

@@ -27,6 +27,9 @@ locals {
     # API keys off: each instance would generate its own key, so a client's key would work only on
     # the instance that made it (the single VM keeps the key install.sh generates).
     local.scaled ? { TRUSTED_PROXIES = data.aws_vpc.selected.cidr_block, API_KEYS = "off" } : {},
+    # The same range the security group opens (network.tf): the VM then binds Prometheus and Grafana beyond loopback.
+    var.monitoring ? { MONITORING = "1" } : {},
+    var.monitoring_cidr != null ? { MONITORING_CIDR = var.monitoring_cidr } : {},
   )
   # The SSM agent from AWS's bucket in the deployment's own region, for images that lack it.
   ssm_agent_url = var.os == "debian-12" ? format(

@@ -1,6 +1,7 @@
 # Security groups. The public entry point (the VM in single mode, the load balancer in scaled mode)
 # takes HTTP and HTTPS from allowed_cidrs; behind a load balancer the VMs take HTTP from it alone.
-# SSH stays closed unless ssh_cidr names a range (never the whole internet: see variables.tf).
+# SSH stays closed unless ssh_cidr names a range (never the whole internet: see variables.tf), and
+# so do Grafana and Prometheus (monitoring = true) unless monitoring_cidr names one.
 
 locals {
   # Scaled mode without a certificate has no HTTPS listener, so nothing to open 443 for.
@@ -9,8 +10,9 @@ locals {
     for pair in setproduct(keys(local.public_ports), var.allowed_cidrs) :
     "${pair[0]} from ${pair[1]}" => { name = pair[0], port = local.public_ports[pair[0]], cidr = pair[1] }
   }
-  # What a VM reaches out to: Debian/Ubuntu mirrors and PyPI (80/443), the git host, Let's Encrypt
-  # and the SSM endpoints (443). DNS and NTP go to the VPC's own resolvers, which security groups don't filter.
+  monitoring_ports = var.monitoring_cidr != null ? { grafana = 3000, prometheus = 9090 } : {}
+  # What a VM reaches out to: Debian/Ubuntu mirrors and PyPI (80/443), the git host, Let's Encrypt,
+  # the SSM endpoints and, with monitoring, Grafana's apt repository (443). DNS and NTP go to the VPC's own resolvers, which security groups don't filter.
   egress_ports = { http = 80, https = 443 }
 }
 
@@ -83,6 +85,17 @@ resource "aws_vpc_security_group_ingress_rule" "ssh" {
   to_port           = 22
   cidr_ipv4         = strcontains(var.ssh_cidr, ":") ? null : var.ssh_cidr
   cidr_ipv6         = strcontains(var.ssh_cidr, ":") ? var.ssh_cidr : null
+}
+
+resource "aws_vpc_security_group_ingress_rule" "monitoring" {
+  for_each = local.monitoring_ports
+
+  security_group_id = aws_security_group.instance.id
+  description       = "${title(each.key)} from monitoring_cidr"
+  ip_protocol       = "tcp"
+  from_port         = each.value
+  to_port           = each.value
+  cidr_ipv4         = var.monitoring_cidr
 }
 
 resource "aws_vpc_security_group_egress_rule" "instance" {

@@ -27,11 +27,25 @@ output "alb_dns_name" {
   value       = local.scaled ? aws_lb.web[0].dns_name : null
 }
 
+locals {
+  # The instance SSM sessions go to: the VM, or the first instance of the group.
+  ssm_target = (
+    local.single
+    ? aws_instance.web[0].id
+    : "$(aws autoscaling describe-auto-scaling-groups --region ${var.region} --auto-scaling-group-names ${aws_autoscaling_group.web[0].name} --query 'AutoScalingGroups[0].Instances[0].InstanceId' --output text)"
+  )
+}
+
 output "connect" {
   description = "Shell on a VM through SSM Session Manager (needs the AWS CLI and its session-manager-plugin); no SSH or open port involved."
+  value       = "aws ssm start-session --region ${var.region} --target ${local.ssm_target}"
+}
+
+output "monitoring_tunnel" {
+  description = "With monitoring: Grafana of a VM on http://127.0.0.1:3000 of your machine through SSM port forwarding, no open port involved (portNumber 9090 for Prometheus). null without monitoring."
   value = (
-    local.single
-    ? "aws ssm start-session --region ${var.region} --target ${aws_instance.web[0].id}"
-    : "aws ssm start-session --region ${var.region} --target $(aws autoscaling describe-auto-scaling-groups --region ${var.region} --auto-scaling-group-names ${aws_autoscaling_group.web[0].name} --query 'AutoScalingGroups[0].Instances[0].InstanceId' --output text)"
+    var.monitoring
+    ? "aws ssm start-session --region ${var.region} --target ${local.ssm_target} --document-name AWS-StartPortForwardingSession --parameters '{\"portNumber\":[\"3000\"],\"localPortNumber\":[\"3000\"]}'"
+    : null
   )
 }

@@ -122,6 +122,34 @@ variable "ssh_key_name" {
   }
 }
 
+variable "monitoring" {
+  description = "Also install Prometheus, the node and nginx exporters and Grafana on each VM (deploy/install.sh MONITORING=1). They listen on 127.0.0.1: reach them with the monitoring_tunnel output (SSM port forwarding), or open monitoring_cidr."
+  type        = bool
+  default     = false
+}
+
+variable "monitoring_cidr" {
+  description = "One IPv4 range allowed to reach Grafana (3000) and Prometheus (9090) directly, which then listen on all addresses of the VM (this security group rule is their only guard). null (the default) keeps them closed: use the monitoring_tunnel output."
+  type        = string
+  default     = null
+
+  validation {
+    condition     = var.monitoring_cidr == null || can(cidrnetmask(var.monitoring_cidr))
+    error_message = "monitoring_cidr must be an IPv4 CIDR block such as 203.0.113.7/32."
+  }
+
+  validation {
+    # Rejects 0.0.0.0/0 and any other spelling of "everyone" such as 10.0.0.0/0.
+    condition     = var.monitoring_cidr == null || try(tonumber(split("/", var.monitoring_cidr)[1]) > 0, false)
+    error_message = "monitoring_cidr must not open Prometheus and Grafana to the whole internet (0.0.0.0/0): give your own address range, or leave it null and use the monitoring_tunnel output."
+  }
+
+  validation {
+    condition     = var.monitoring_cidr == null || var.monitoring
+    error_message = "monitoring_cidr needs monitoring = true."
+  }
+}
+
 variable "repo_url" {
   description = "HTTPS git URL of the modelstack repository the VMs clone and install (readable without credentials: user data is not a secret store)."
   type        = string
@@ -213,8 +241,8 @@ variable "install_env" {
   }
 
   validation {
-    condition     = length(setintersection(keys(var.install_env), ["DOMAIN", "EMAIL", "TRUSTED_PROXIES"])) == 0
-    error_message = "DOMAIN, EMAIL and TRUSTED_PROXIES are set from domain, email and mode; do not pass them in install_env."
+    condition     = length(setintersection(keys(var.install_env), ["DOMAIN", "EMAIL", "TRUSTED_PROXIES", "MONITORING", "MONITORING_CIDR"])) == 0
+    error_message = "DOMAIN, EMAIL, TRUSTED_PROXIES, MONITORING and MONITORING_CIDR are set from domain, email, mode, monitoring and monitoring_cidr; do not pass them in install_env."
   }
 
   validation {

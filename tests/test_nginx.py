@@ -284,8 +284,11 @@ def test_tls_serves_https_and_redirects_plain_http(tmp_path, certificate):
 
         plain = stack.get("/v2/models/digits?x=1", allow_redirects=False)
         assert plain.status_code == 301 and plain.headers["Location"] == f"{https}/v2/models/digits?x=1"
-        # Probes (the launcher, load balancers) still work over plain HTTP.
+        # Probes (the launcher, load balancers) and scrapes (a VM's own Prometheus and nginx
+        # exporter, from allowed networks) still work over plain HTTP.
         assert stack.get("/readyz").status_code == 200
+        assert "# TYPE" in stack.get("/metrics", allow_redirects=False).text
+        assert "Active connections" in stack.get("/nginx_status", allow_redirects=False).text
 
         context = ssl.create_default_context(cafile=certificate[0])
         for maximum, expected in ((ssl.TLSVersion.TLSv1_2, "TLSv1.2"), (ssl.TLSVersion.MAXIMUM_SUPPORTED, "TLSv1.3")):

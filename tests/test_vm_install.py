@@ -10,7 +10,9 @@ The project venv on this machine is built on a pyenv python under /root (mode 70
 user can execute, so these tests check the privilege-relevant parts (user, groups, modes, the unit's
 sandbox) by inspection. Where systemd-nspawn is installed, the last test goes further: it boots
 systemd in a container on a throwaway overlay of this machine's root, builds the VM's venv with the
-system python3, and runs the real install, serving, a rolling reload and a stop as the service user.
+system python3, and runs the real install, serving, a rolling reload and a stop as the service user;
+then MONITORING=1 with Debian's Prometheus and exporters scraping the stack on loopback (Grafana,
+which comes from the internet, only as rendered files and as the clear failure of its download).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 
 from .digits import digit_png, held_out_digits
 
@@ -54,6 +57,11 @@ def installed(dest: Path, **env: str) -> str:
     result = install(dest, **env)
     assert result.returncode == 0, result.stdout + result.stderr
     return result.stdout
+
+
+def plan_of(output: str) -> list[str]:
+    """The system-changing commands --root mode printed instead of running, in order."""
+    return [line.strip().removeprefix("would run: ") for line in output.splitlines() if "would run:" in line]
 
 
 def env_lines(path: Path) -> dict[str, str]:
@@ -120,7 +128,7 @@ def test_root_mode_writes_only_under_its_folder_and_prints_the_privileged_steps(
     written = sorted(str(p.relative_to(dest)) for p in dest.rglob("*") if not p.is_dir())
     assert written == sorted([ENV_FILE, KEY_FILE, f"{ENABLED}/modelstack.conf", SITE, UNIT])
     assert os.readlink(dest / ENABLED / "modelstack.conf") == "../sites-available/modelstack.conf"
-    plan = [line.strip().removeprefix("would run: ") for line in output.splitlines() if "would run:" in line]
+    plan = plan_of(output)
     assert f"env PYTHON=/usr/bin/python3 VENV={ROOT}/.venv {ROOT}/scripts/setup.sh" in plan
     useradd = next(step for step in plan if step.startswith("useradd "))
     assert "--system" in useradd and "--shell /usr/sbin/nologin" in useradd and "--no-create-home" in useradd
@@ -333,7 +341,8 @@ def test_given_api_keys_replace_the_file_and_off_opens_the_api(tmp_path):
     assert key_lines(dest / KEY_FILE) == [keys[1]]
 
 
-@pytest.mark.parametrize("case", ["fixed-key", "bad-knob", "home", "weak-api-key", "monitoring", "email-alone"])
+@pytest.mark.parametrize("case", ["fixed-key", "bad-knob", "home", "weak-api-key", "monitoring-typo",
+                                  "monitoring-for-everyone", "email-alone"])
 def test_refuses_what_would_break_or_mislead_with_a_clear_message(tmp_path, case):
     dest = tmp_path / "root"
     env = {}
@@ -343,7 +352,8 @@ def test_refuses_what_would_break_or_mislead_with_a_clear_message(tmp_path, case
         with open(dest / ENV_FILE, "a") as env_file:
             env_file.write(line + "\n")
     env = {"home": {"APP_DIR": "/home/alice/modelstack"}, "weak-api-key": {"API_KEYS": "secret"},
-           "monitoring": {"MONITORING": "1"}, "email-alone": {"EMAIL": "ops@example.org"}}.get(case, env)
+           "monitoring-typo": {"MONITORING": "yes"}, "email-alone": {"EMAIL": "ops@example.org"},
+           "monitoring-for-everyone": {"MONITORING": "1", "MONITORING_CIDR": "0.0.0.0/0"}}.get(case, env)
     result = install(dest, **env)
     assert result.returncode == 1
     expected = {
@@ -351,11 +361,157 @@ def test_refuses_what_would_break_or_mislead_with_a_clear_message(tmp_path, case
         "bad-knob": "HARAKIRI='soon' is not an integer (fix /etc/modelstack/env and rerun)",
         "home": "the service cannot see /home or /root (ProtectHome); clone to /opt/modelstack",
         "weak-api-key": "API_KEYS: every key needs 16 or more printable ASCII characters",
-        "monitoring": "MONITORING is not supported by this version yet",
+        "monitoring-typo": "MONITORING=yes: use 0 or 1 (fix /etc/modelstack/env and rerun)",
+        "monitoring-for-everyone": "MONITORING_CIDR=0.0.0.0/0 would open Prometheus and Grafana to the whole internet",
         "email-alone": "EMAIL is only used with DOMAIN",
     }[case]
     assert expected in result.stderr and "install.sh: FAILED (exit 1) during:" in result.stderr
     assert "secret" not in result.stdout + result.stderr
+
+
+# -- MONITORING=1 --------------------------------------------------------------------------------
+
+PROMETHEUS_DIR = ROOT / "deploy" / "prometheus"
+GRAFANA_DIR = ROOT / "deploy" / "grafana"
+MONITORING_UNITS = ("prometheus", "prometheus-node-exporter", "prometheus-nginx-exporter")
+GRAFANA_DROP_IN = "etc/systemd/system/grafana-server.service.d/modelstack.conf"
+GRAFANA_ENV = "etc/modelstack/grafana.env"
+
+
+def daemon_flags(dest: Path, package: str) -> dict[str, str]:
+    """The flags /etc/default/PACKAGE gives a Debian package's daemon (its unit runs `daemon $ARGS`)."""
+    args = env_lines(dest / "etc" / "default" / package)["ARGS"].split()  # systemd splits $ARGS at spaces
+    return dict(arg.removeprefix("--").split("=", 1) for arg in args)
+
+
+def scrape_targets(config: Path) -> dict[str, list[str]]:
+    """Each job of a prometheus.yml and the addresses its file_sd files list."""
+    jobs = {}
+    for job in yaml.safe_load(config.read_text())["scrape_configs"]:
+        files = [name for sd in job["file_sd_configs"] for name in sd["files"]]
+        jobs[job["job_name"]] = [address for name in files for group in yaml.safe_load((config.parent / name).read_text())
+                                 for address in group["targets"]]
+    return jobs
+
+
+def snapshot(dest: Path) -> dict[Path, bytes]:
+    return {path: path.read_bytes() for path in dest.rglob("*") if path.is_file()}
+
+
+@pytest.fixture(scope="module")
+def monitored(tmp_path_factory) -> tuple[Path, str]:
+    """An install with MONITORING=1 and nothing else: loopback only, Grafana included."""
+    dest = tmp_path_factory.mktemp("monitored") / "root"
+    return dest, installed(dest, MONITORING="1")
+
+
+def test_monitoring_binds_loopback_and_scrapes_loopback_targets(monitored):
+    dest, output = monitored
+    assert env_lines(dest / ENV_FILE)["MONITORING"] == "1"  # so that reruns keep it up to date
+    assert daemon_flags(dest, "prometheus") == {"web.listen-address": "127.0.0.1:9090"}
+    assert daemon_flags(dest, "prometheus-node-exporter") == {"web.listen-address": "127.0.0.1:9100"}
+    assert daemon_flags(dest, "prometheus-nginx-exporter") == {
+        "web.listen-address": "127.0.0.1:9113", "nginx.scrape-uri": "http://127.0.0.1:80/nginx_status"}
+    # The project's config and rules as they are; only the targets are the VM's own.
+    config = dest / "etc" / "prometheus" / "prometheus.yml"
+    assert config.read_bytes() == (PROMETHEUS_DIR / "prometheus.yml").read_bytes()
+    rules = sorted((PROMETHEUS_DIR / "rules").glob("*.yml"))
+    assert sorted(p.name for p in (config.parent / "rules").iterdir()) == [p.name for p in rules]
+    assert all((config.parent / "rules" / p.name).read_bytes() == p.read_bytes() for p in rules)
+    assert scrape_targets(config) == {
+        "modelstack": ["127.0.0.1:80"], "nginx": ["127.0.0.1:9113"], "node": ["127.0.0.1:9100"],
+        "prometheus": ["127.0.0.1:9090"],
+    }
+    # Written before the packages are installed (Debian starts them at once), kept by apt.
+    plan = plan_of(output)
+    assert "promtool check config /etc/prometheus/prometheus.yml" in plan
+    for unit in MONITORING_UNITS:
+        assert plan.index(f"systemctl enable --quiet {unit}") < plan.index(f"systemctl restart {unit}")
+    assert all("--force-confold" in step for step in plan if "apt-get install" in step)
+
+
+@pytest.mark.skipif(not shutil.which("promtool"), reason="promtool is not installed (apt-get install prometheus)")
+def test_rendered_prometheus_config_passes_promtool(monitored):
+    dest, _ = monitored
+    check = subprocess.run(["promtool", "check", "config", str(dest / "etc" / "prometheus" / "prometheus.yml")],
+                           capture_output=True, text=True, timeout=60)
+    assert check.returncode == 0, check.stdout + check.stderr
+    assert f"SUCCESS: {len(list((PROMETHEUS_DIR / 'rules').glob('*.yml')))} rule files found" in check.stdout
+
+
+def test_grafana_comes_from_its_signed_repository_with_the_projects_provisioning(monitored):
+    dest, output = monitored
+    plan = plan_of(output)
+    # The one download beyond the distribution's mirrors, a step of its own: Grafana's key over
+    # HTTPS, before its source is added; apt trusts the key for that repository alone.
+    [fetch] = [step for step in plan if step.startswith("curl ")]
+    assert fetch.endswith(" https://apt.grafana.com/gpg.key") and "--proto =https" in fetch
+    assert f"-o {dest}/etc/apt/keyrings/grafana.asc.download" in fetch
+    source = (dest / "etc" / "apt" / "sources.list.d" / "grafana.list").read_text().splitlines()
+    assert source[-1] == "deb [signed-by=/etc/apt/keyrings/grafana.asc] https://apt.grafana.com stable main"
+    apt = next(i for i, step in enumerate(plan) if "apt-get install" in step and step.endswith(" grafana"))
+    assert plan.index(fetch) < apt < plan.index("systemctl restart grafana-server")
+
+    # The datasource (uid prometheus, URL from the environment) and dashboards of deploy/grafana.
+    provisioning = dest / "etc" / "grafana" / "provisioning"
+    datasources = provisioning / "datasources" / "modelstack.yml"
+    assert datasources.read_bytes() == (GRAFANA_DIR / "provisioning" / "datasources" / "prometheus.yml").read_bytes()
+    [datasource] = yaml.safe_load(datasources.read_text())["datasources"]
+    assert datasource["uid"] == "prometheus" and datasource["url"] == "$PROMETHEUS_URL"
+    [provider] = yaml.safe_load((provisioning / "dashboards" / "modelstack.yml").read_text())["providers"]
+    dashboards = dest / provider["options"]["path"].lstrip("/")
+    shipped = sorted((GRAFANA_DIR / "dashboards").glob("*.json"))
+    assert sorted(p.name for p in dashboards.iterdir()) == [p.name for p in shipped]
+    assert all((dashboards / p.name).read_bytes() == p.read_bytes() for p in shipped)
+
+    # A drop-in sets Grafana's address and the datasource's URL (Prometheus' own address); the
+    # package's /etc/default/grafana-server stays as shipped.
+    drop_in = unit_settings(dest / GRAFANA_DROP_IN)
+    environment = dict(pair.split("=", 1) for pair in drop_in["Environment"])
+    assert environment["GF_SERVER_HTTP_ADDR"] == "127.0.0.1"
+    assert environment["PROMETHEUS_URL"] == "http://" + daemon_flags(dest, "prometheus")["web.listen-address"]
+    assert drop_in["EnvironmentFile"] == ["/" + GRAFANA_ENV] and not (dest / "etc" / "default" / "grafana-server").exists()
+    # Grafana's first admin password: generated, root's alone, never printed.
+    secret = dest / GRAFANA_ENV
+    assert stat.S_IMODE(secret.stat().st_mode) == 0o600
+    password = env_lines(secret)["GF_SECURITY_ADMIN_PASSWORD"]
+    assert re.fullmatch(r"[A-Za-z0-9_-]{43}", password) and password not in output
+    assert f"sudo cat /{GRAFANA_ENV}" in output
+
+
+def test_monitoring_rerun_restarts_nothing_and_drops_what_the_checkout_no_longer_has(monitored, tmp_path):
+    dest = tmp_path / "root"
+    shutil.copytree(monitored[0], dest, symlinks=True)
+    before = snapshot(dest)
+    again = installed(dest)  # MONITORING is not given again: the env file remembers it
+    assert snapshot(dest) == before
+    plan = plan_of(again)
+    for unit in (*MONITORING_UNITS, "grafana-server"):
+        assert f"systemctl start {unit}" in plan and f"systemctl restart {unit}" not in plan
+    assert f"kept /{GRAFANA_ENV}" in again
+
+    stale = dest / "etc" / "prometheus" / "rules" / "renamed.yml"
+    stale.write_text("groups: []\n")
+    output = installed(dest)
+    assert not stale.exists() and f"removed {stale}" in output
+    assert "systemctl restart prometheus" in plan_of(output)
+
+
+def test_monitoring_cidr_opens_prometheus_and_grafana_alone_and_grafana_can_be_left_out(tmp_path):
+    dest = tmp_path / "open"
+    installed(dest, MONITORING="1", MONITORING_CIDR="203.0.113.0/24")
+    assert daemon_flags(dest, "prometheus") == {"web.listen-address": "0.0.0.0:9090"}
+    environment = dict(pair.split("=", 1) for pair in unit_settings(dest / GRAFANA_DROP_IN)["Environment"])
+    assert environment["GF_SERVER_HTTP_ADDR"] == "0.0.0.0"
+    # The exporters never leave loopback: Prometheus reads them there.
+    assert daemon_flags(dest, "prometheus-node-exporter")["web.listen-address"] == "127.0.0.1:9100"
+    assert daemon_flags(dest, "prometheus-nginx-exporter")["web.listen-address"] == "127.0.0.1:9113"
+
+    dest = tmp_path / "prometheus-only"
+    output = installed(dest, MONITORING="1", MONITORING_GRAFANA="0")
+    assert daemon_flags(dest, "prometheus") == {"web.listen-address": "127.0.0.1:9090"}
+    assert not (dest / "etc" / "grafana").exists() and not (dest / "etc" / "apt").exists()
+    assert not [step for step in plan_of(output) if "grafana" in step.replace(str(dest), "")]
 
 
 # -- the real thing: install.sh in a booted systemd ------------------------------------------------
@@ -560,3 +716,74 @@ def test_booted_vm_install_serves_reloads_and_stops_as_the_service_user(booted, 
     assert stopped.returncode == 0
     result = vm.run("systemctl", "show", "-p", "Result", "--value", "modelstack").stdout.strip()
     assert result == "success" and vm.run("test", "-e", "/run/modelstack").returncode != 0
+
+
+def prometheus_api(vm: BootedVM, path: str, *curl_args: str) -> dict:
+    """GET Prometheus' HTTP API on 127.0.0.1:9090 from inside the container."""
+    answer = vm.run("curl", "-fsS", "--max-time", "5", *curl_args, f"http://127.0.0.1:9090/api/v1/{path}")
+    assert answer.returncode == 0, answer.stderr
+    return json.loads(answer.stdout)["data"]
+
+
+def test_booted_vm_monitoring_runs_on_loopback_and_scrapes_the_stack(booted):
+    """MONITORING=1 for real: Debian's Prometheus and exporters under systemd, scraping the stack.
+
+    The container has no internet, so Grafana (from apt.grafana.com) cannot be installed here: the
+    first run shows that its step fails with a clear message while the rest is up; the second
+    leaves Grafana out with MONITORING_GRAFANA=0. Grafana's files are checked rendered, above.
+    """
+    vm = booted
+    started = time.monotonic()
+    offline = vm.run("env", "MONITORING=1", "/opt/modelstack/deploy/install.sh", timeout=300)
+    assert offline.returncode == 1, offline.stdout + offline.stderr
+    assert "cannot download https://apt.grafana.com/gpg.key" in offline.stderr
+    assert "MONITORING_GRAFANA=0" in offline.stderr
+    # No apt source without its key (it would break every apt-get update); the stack still serves.
+    assert vm.run("test", "-e", "/etc/apt/sources.list.d/grafana.list").returncode != 0
+    assert vm.run("curl", "-fsS", "-o", "/dev/null", "http://127.0.0.1/readyz").returncode == 0
+    pids = {unit: vm.run("systemctl", "show", "-p", "MainPID", "--value", unit).stdout.strip()
+            for unit in MONITORING_UNITS}
+
+    again = vm.run("env", "MONITORING_GRAFANA=0", "/opt/modelstack/deploy/install.sh", timeout=300)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "ready: http://127.0.0.1:9090/-/ready" in again.stdout
+    print(f"install.sh with MONITORING=1, twice: {time.monotonic() - started:.1f} s")
+    for unit in MONITORING_UNITS:
+        assert vm.run("systemctl", "is-enabled", unit).stdout.strip() == "enabled"
+        # Nothing changed in between, so nothing was restarted.
+        pid = vm.run("systemctl", "show", "-p", "MainPID", "--value", unit).stdout.strip()
+        assert pid == pids[unit] != "0", unit
+        assert vm.run("ps", "-o", "user=", "-p", pid).stdout.strip() == "prometheus"
+
+    # Listening on 127.0.0.1 alone; no Grafana.
+    listening: dict[str, set[str]] = {}
+    for line in vm.run("ss", "-Hltn").stdout.splitlines():
+        address, _, port = line.split()[3].rpartition(":")
+        listening.setdefault(port, set()).add(address)
+    assert {port: listening.get(port) for port in ("9090", "9100", "9113")} == dict.fromkeys(
+        ("9090", "9100", "9113"), {"127.0.0.1"})
+    assert "3000" not in listening
+
+    # Every target up (Prometheus scrapes every 15 s, each target first within one interval).
+    deadline = time.monotonic() + 35
+    while True:
+        targets = {target["labels"]["job"]: (target["scrapeUrl"], target["health"])
+                   for target in prometheus_api(vm, "targets")["activeTargets"]}
+        if len(targets) == 4 and all(health == "up" for _, health in targets.values()):
+            break
+        assert time.monotonic() < deadline, targets
+        time.sleep(1)
+    print(f"every target up {time.monotonic() - started:.1f} s after the first install.sh started")
+    assert {job: url for job, (url, _) in targets.items()} == {
+        "modelstack": "http://127.0.0.1:80/metrics", "nginx": "http://127.0.0.1:9113/metrics",
+        "node": "http://127.0.0.1:9100/metrics", "prometheus": "http://127.0.0.1:9090/metrics",
+    }
+
+    def value(expression: str) -> float:
+        [sample] = prometheus_api(vm, "query", "--data-urlencode", f"query={expression}")["result"]
+        return float(sample["value"][1])
+
+    # The app's own metrics (summed over its workers), nginx's counters read by the exporter, the machine's.
+    assert value('sum(modelstack_model_ready{model="digits"})') >= 1
+    assert value("nginx_up") == 1 and value("nginx_connections_accepted") > 0
+    assert value("node_memory_MemAvailable_bytes") > 0

@@ -40,6 +40,10 @@ run "one_vm_serves_http_and_https" {
     error_message = "SSH must stay closed when ssh_cidr is not set."
   }
   assert {
+    condition     = length(aws_vpc_security_group_ingress_rule.monitoring) == 0 && output.monitoring_tunnel == null
+    error_message = "Without monitoring no monitoring port opens and there is no tunnel to it."
+  }
+  assert {
     condition     = aws_instance.web[0].metadata_options[0].http_tokens == "required"
     error_message = "IMDSv2 must be required."
   }
@@ -246,6 +250,95 @@ run "ssh_key_without_ssh_cidr_is_rejected" {
   }
 
   expect_failures = [var.ssh_key_name]
+}
+
+run "monitoring_stays_behind_a_tunnel" {
+  command = plan
+
+  variables {
+    monitoring = true
+  }
+
+  assert {
+    condition     = yamldecode(aws_instance.web[0].user_data).runcmd[5] == ["env", "MONITORING=1", "/opt/modelstack/deploy/install.sh"]
+    error_message = "monitoring must reach install.sh as MONITORING=1."
+  }
+  assert {
+    condition     = length(aws_vpc_security_group_ingress_rule.monitoring) == 0
+    error_message = "Without monitoring_cidr Grafana and Prometheus must stay closed."
+  }
+  assert {
+    condition     = output.monitoring_tunnel == "aws ssm start-session --region us-east-1 --target i-0123456789abcdef0 --document-name AWS-StartPortForwardingSession --parameters '{\"portNumber\":[\"3000\"],\"localPortNumber\":[\"3000\"]}'"
+    error_message = "The monitoring_tunnel output must forward Grafana's port through SSM; got ${output.monitoring_tunnel}."
+  }
+}
+
+run "monitoring_opens_only_for_the_given_range" {
+  command = plan
+
+  variables {
+    monitoring      = true
+    monitoring_cidr = "203.0.113.7/32"
+  }
+
+  assert {
+    condition = {
+      for key, rule in aws_vpc_security_group_ingress_rule.monitoring :
+      key => [rule.security_group_id, rule.ip_protocol, rule.from_port, rule.to_port, rule.cidr_ipv4]
+      } == {
+      grafana    = ["sg-0instance", "tcp", 3000, 3000, "203.0.113.7/32"]
+      prometheus = ["sg-0instance", "tcp", 9090, 9090, "203.0.113.7/32"]
+    }
+    error_message = "Grafana (3000) and Prometheus (9090) must open on the VM for exactly monitoring_cidr."
+  }
+  assert {
+    condition = yamldecode(aws_instance.web[0].user_data).runcmd[5] == [
+      "env", "MONITORING=1", "MONITORING_CIDR=203.0.113.7/32", "/opt/modelstack/deploy/install.sh",
+    ]
+    error_message = "install.sh must get the same range, so that it binds Prometheus and Grafana beyond loopback."
+  }
+}
+
+run "monitoring_from_anywhere_is_rejected" {
+  command = plan
+
+  variables {
+    monitoring      = true
+    monitoring_cidr = "0.0.0.0/0"
+  }
+
+  expect_failures = [var.monitoring_cidr]
+}
+
+run "monitoring_cidr_without_monitoring_is_rejected" {
+  command = plan
+
+  variables {
+    monitoring_cidr = "203.0.113.7/32"
+  }
+
+  expect_failures = [var.monitoring_cidr]
+}
+
+run "monitoring_cidr_must_be_ipv4" {
+  command = plan
+
+  variables {
+    monitoring      = true
+    monitoring_cidr = "2001:db8::/64"
+  }
+
+  expect_failures = [var.monitoring_cidr]
+}
+
+run "install_env_cannot_bypass_the_monitoring_variables" {
+  command = plan
+
+  variables {
+    install_env = { MONITORING_CIDR = "203.0.113.7/32" }
+  }
+
+  expect_failures = [var.install_env]
 }
 
 run "allowed_cidrs_narrow_the_public_ports" {
