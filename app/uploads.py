@@ -12,7 +12,10 @@ RAW_TYPES = ("application/octet-stream", "")
 def uploaded_images(max_count: int, form_fields: frozenset[str] = frozenset()) -> list[bytes]:
     """The request's images, in order; ``form_fields`` names the extra fields a form may carry."""
     if request.mimetype == "multipart/form-data":
-        unknown = sorted((set(request.files) - {"file"}) | (set(request.form) - form_fields))
+        names = (set(request.files) - {"file"}) | (set(request.form) - form_fields)
+        if None in names:  # Werkzeug's name for a part whose name it cannot read (one ending in a backslash)
+            raise InferenceError(400, "a form field has no readable name; send the image as 'file'")
+        unknown = sorted(names)
         if unknown:
             raise InferenceError(400, f"unknown form field '{unknown[0]}'; send the image as 'file'")
         files = [f for f in request.files.getlist("file") if f.filename or f.content_length]
@@ -33,8 +36,8 @@ def uploaded_images(max_count: int, form_fields: frozenset[str] = frozenset()) -
 
 
 def top_k(default: int, classes: int) -> int:
-    raw = request.args.get("top_k", "")
-    if not raw:
+    raw = request.args.get("top_k")
+    if raw is None:  # absent; an empty ?top_k= is refused below, as /openapi.json says
         return min(default, classes)
     k = parse_count(raw)
     if k is None or not 1 <= k <= classes:

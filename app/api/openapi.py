@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from flask import Blueprint, jsonify
 
-from ..state import settings
+from ..state import registry, settings
+from .codec import HEADER_LENGTH
 from .oip import SERVER_NAME, SERVER_VERSION
 
 bp = Blueprint("openapi", __name__)
@@ -35,16 +36,20 @@ UNAUTHORIZED = {
 }
 # With keys configured, either header will do.
 SECURITY = [{"bearer": []}, {"apiKey": []}]
-NAME = {"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}
+NAME = {"name": "name", "in": "path", "required": True, "schema": {"$ref": "#/components/schemas/ModelName"}}
 VERSION = {"name": "version", "in": "path", "required": True, "schema": {"type": "string", "pattern": "^[0-9]+$"}}
+# The binary tensor extension: the length of the JSON that comes before the raw tensor bytes.
+BINARY_HEADER_LENGTH = {"name": HEADER_LENGTH, "in": "header", "schema": {"type": "integer", "minimum": 0}}
 
 
-def _model_paths(suffix: str, operation: dict, method: str = "get") -> dict:
+def _model_paths(suffix: str, operation: dict, method: str = "get", prefix: str = "/v2") -> dict:
     """The same operation for the latest version and for a named one."""
+    extra = operation.get("parameters", [])
     return {
-        f"/v2/models/{{name}}{suffix}": {method: {**operation, "parameters": [NAME]}},
-        f"/v2/models/{{name}}/versions/{{version}}{suffix}": {
-            method: {**operation, "operationId": operation["operationId"] + "_version", "parameters": [NAME, VERSION]}
+        f"{prefix}/models/{{name}}{suffix}": {method: {**operation, "parameters": [NAME, *extra]}},
+        f"{prefix}/models/{{name}}/versions/{{version}}{suffix}": {
+            method: {**operation, "operationId": operation["operationId"] + "_version",
+                     "parameters": [NAME, VERSION, *extra]}
         },
     }
 
@@ -104,29 +109,36 @@ SPEC = {
                                   "responses": {"200": _ok("Statistics of this worker process"), "404": ERRORS["404"]}}),
         **_model_paths("/infer", {
             "operationId": "model_infer",
+            "parameters": [{**BINARY_HEADER_LENGTH, "description": "Sent with binary inputs"}],
             "requestBody": {"required": True, "content": {
                 **_json("InferenceRequest"),
                 "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
             }},
-            "responses": {"200": _ok("Inference response", "InferenceResponse"),
-                          **{k: ERRORS[k] for k in ("400", "404", "413", "415", "422")}},
+            "responses": {"200": {
+                "description": "Inference response; with binary outputs, its JSON header and then the raw tensors",
+                "headers": {HEADER_LENGTH: {"schema": BINARY_HEADER_LENGTH["schema"],
+                                            "description": "Sent with binary outputs"}},
+                "content": {**_json("InferenceResponse"),
+                            "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}},
+            }, **{k: ERRORS[k] for k in ("400", "404", "413", "415", "422")}},
         }, method="post"),
         "/v2/repository/index": {"post": {"operationId": "repository_index",
                                           "responses": {"200": _ok("Every model version and its state")}}},
-        "/api/v1/models/{name}/predict": {"post": {
+        **_model_paths("/predict", {
             "operationId": "predict",
             "summary": "Classify an image (multipart field 'file', several for a batch, or a raw image body)",
-            "parameters": [NAME, {"name": "top_k", "in": "query", "schema": {"type": "integer", "minimum": 1}}],
+            "parameters": [{"name": "top_k", "in": "query", "schema": {"type": "integer", "minimum": 1}}],
             "requestBody": {"required": True, "content": {
-                "multipart/form-data": {"schema": {"type": "object", "required": ["file"], "properties": {
-                    "file": {"type": "string", "format": "binary"}}}},
+                "multipart/form-data": {"schema": {
+                    "type": "object", "required": ["file"], "additionalProperties": False,
+                    "properties": {"file": {"type": "string", "format": "binary"}}}},
                 "image/png": {"schema": {"type": "string", "format": "binary"}},
                 "image/jpeg": {"schema": {"type": "string", "format": "binary"}},
                 "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
             }},
             "responses": {"200": _ok("Top-k labels and scores", "Prediction"),
                           **{k: ERRORS[k] for k in ("400", "404", "413", "415")}},
-        }},
+        }, method="post", prefix="/api/v1"),
     }),
     "components": {
         "securitySchemes": {
@@ -135,6 +147,8 @@ SPEC = {
         },
         "schemas": {
             "Error": {"type": "object", "required": ["error"], "properties": {"error": {"type": "string"}}},
+            # The served models' names, filled in per request (see openapi()).
+            "ModelName": {"type": "string"},
             "ServerMetadata": {"type": "object", "required": ["name", "version", "extensions"], "properties": {
                 "name": {"type": "string"}, "version": {"type": "string"},
                 "extensions": {"type": "array", "items": {"type": "string"}}}},
@@ -167,5 +181,7 @@ SPEC = {
 
 @bp.get("/openapi.json")
 def openapi():
-    """Keys required only when this server has some: clients and fuzzers see what it enforces."""
-    return jsonify({**SPEC, "security": SECURITY} if settings().api_keys else SPEC)
+    """What this server serves: its models' names, and keys only when it has some."""
+    schemas = {**SPEC["components"]["schemas"], "ModelName": {"type": "string", "enum": registry().names}}
+    spec = {**SPEC, "components": {**SPEC["components"], "schemas": schemas}}
+    return jsonify({**spec, "security": SECURITY} if settings().api_keys else spec)
