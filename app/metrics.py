@@ -85,6 +85,7 @@ class InferenceMetrics:
             "modelstack_model_ready", "Workers ready to serve this model version.",
             labels, multiprocess_mode="livesum", registry=registry,
         )
+        self._children: dict[tuple[str, int], _ModelSeries] = {}
 
     def models_loaded(self, models: ModelRegistry) -> None:
         for model in models.all_versions():
@@ -93,16 +94,40 @@ class InferenceMetrics:
 
     def observe(self, model: ModelVersion, stages: Stages, status: int) -> None:
         """Account one finished request for ``model``; ``stages`` must be complete."""
-        labels = (model.name, str(model.version))
-        self.requests.labels(*labels).inc()
+        series = self._series(model)
+        series.requests.inc()
         if status >= 400:
             reason = FAILURE_REASONS.get(status, "client_error" if status < 500 else "server_error")
-            self.failures.labels(*labels, f"{status // 100}xx", reason).inc()
+            self.failures.labels(model.name, str(model.version), f"{status // 100}xx", reason).inc()
         for stage, seconds in stages.seconds.items():
-            self.stage_duration.labels(*labels, stage).observe(seconds)
-        self.duration.labels(*labels).observe(sum(stages.seconds.values()))
+            series.stage(stage).observe(seconds)
+        series.duration.observe(sum(stages.seconds.values()))
         for size in stages.batch_sizes:
-            self.batch_size.labels(*labels).observe(size)
+            series.batch_size.observe(size)
+
+    def _series(self, model: ModelVersion) -> "_ModelSeries":
+        # Looking a labelled child up takes a lock and a dict per call: do it once per model version.
+        key = (model.name, model.version)
+        if key not in self._children:
+            self._children[key] = _ModelSeries(self, model.name, str(model.version))
+        return self._children[key]
+
+
+class _ModelSeries:
+    """One model version's labelled children of the inference metrics."""
+
+    def __init__(self, metrics: InferenceMetrics, name: str, version: str):
+        self.requests = metrics.requests.labels(name, version)
+        self.duration = metrics.duration.labels(name, version)
+        self.batch_size = metrics.batch_size.labels(name, version)
+        self._stage_duration = metrics.stage_duration
+        self._labels = (name, version)
+        self._stages: dict[str, Histogram] = {}
+
+    def stage(self, stage: str) -> Histogram:
+        if stage not in self._stages:
+            self._stages[stage] = self._stage_duration.labels(*self._labels, stage)
+        return self._stages[stage]
 
 
 class MultiprocessFolder(MultiProcessCollector):
