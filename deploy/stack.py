@@ -19,6 +19,7 @@ import argparse
 import json
 import os
 import pwd
+import re
 import shutil
 import signal
 import socket
@@ -44,6 +45,10 @@ PRIVATE_NETWORKS = "127.0.0.0/8 ::1 10.0.0.0/8 172.16.0.0/12 192.168.0.0/16"
 QUEUE_PER_WORKER = 64
 
 
+def default_run_dir() -> Path:
+    return Path(env_str("RUN_DIR", str(ROOT / "run"))).resolve()
+
+
 def _somaxconn() -> int:
     try:
         return int(Path("/proc/sys/net/core/somaxconn").read_text())
@@ -55,7 +60,7 @@ def _somaxconn() -> int:
 class StackConfig:
     """The stack's settings, from the environment; the app's own come from ``app.settings``."""
 
-    run_dir: Path = field(default_factory=lambda: Path(env_str("RUN_DIR", str(ROOT / "run"))).resolve())
+    run_dir: Path = field(default_factory=lambda: default_run_dir())
     host: str = field(default_factory=lambda: env_str("HOST", "127.0.0.1"))
     port: int = field(default_factory=lambda: env_int("PORT", 8080, minimum=1))
     workers: int = field(default_factory=lambda: env_int("WORKERS", available_cpus(), minimum=1))
@@ -369,7 +374,35 @@ def _read_pid(path: Path) -> int | None:
         return None
 
 
+SETTINGS_FILE = "settings.json"
+
+
+def save_settings(config: StackConfig) -> None:
+    """Record the settings this stack started with, for `stop`, `status` and `reload` to reuse.
+
+    `PORT=9000 make start` then `make reload` must keep port 9000. Every variable
+    deploy/env.example mentions counts; API keys are secrets and never written.
+    """
+    names = set(re.findall(r"\b[A-Z][A-Z0-9_]{2,}\b", (DEPLOY / "env.example").read_text())) | {"HOST", "PORT"}
+    settings = {name: os.environ[name] for name in sorted(names - {"API_KEYS"}) if name in os.environ}
+    config.run_dir.mkdir(parents=True, exist_ok=True)
+    path = config.path(SETTINGS_FILE)
+    path.touch(mode=0o600)
+    path.write_text(json.dumps(settings, indent=1) + "\n")
+
+
+def restore_settings(run_dir: Path) -> None:
+    """Take the running stack's settings for every variable this command was not given."""
+    try:
+        saved = json.loads((run_dir / SETTINGS_FILE).read_text())
+    except (OSError, ValueError):
+        return
+    for name, value in saved.items():
+        os.environ.setdefault(name, value)
+
+
 def cmd_run(config: StackConfig) -> int:
+    save_settings(config)
     stack = Stack(config)
     stack.start()
     print(f"modelstack is serving {config.url}  (workers: {config.workers}; Ctrl-C stops)", flush=True)
@@ -468,6 +501,8 @@ def main(argv: list[str] | None = None) -> int:
     render_parser.add_argument("--out", type=Path, help="folder to write into (default: the run directory)")
     render_parser.add_argument("--site-only", action="store_true", help="only the server config, for a system nginx")
     args = parser.parse_args(argv)
+    if args.command in ("stop", "status", "reload"):
+        restore_settings(default_run_dir())
     config = StackConfig()
     if args.command == "render":
         print(render(config, args.out or config.run_dir, args.site_only))

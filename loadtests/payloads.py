@@ -35,14 +35,17 @@ def _digits() -> np.ndarray:
     return images[np.random.default_rng(0).permutation(len(images))[:COUNT]]
 
 
-def digit_png(digit: np.ndarray, size: int = 64, margin: int = 8) -> bytes:
-    """A digit drawn like a photo of paper: dark ink on white, smoothly upscaled, with a margin."""
-    ink = Image.fromarray((digit * (255 / 16)).astype(np.uint8))
+def digit_png(digit: np.ndarray, size: int = 64, dark_on_light: bool = True, margin: int = 8) -> bytes:
+    """A data-set digit (8x8, values 0..16) drawn like a photo: smoothly upscaled, with a margin
+    of paper, dark ink on white (or light on dark)."""
+    ink = Image.fromarray((digit.reshape(8, 8) * (255 / 16)).astype(np.uint8))
     picture = ink.resize((size, size), Image.Resampling.BICUBIC)
     canvas = Image.new("L", (size + 2 * margin, size + 2 * margin))
     canvas.paste(picture, (margin, margin))
+    if dark_on_light:
+        canvas = Image.eval(canvas, lambda v: 255 - v)
     out = io.BytesIO()
-    Image.eval(canvas, lambda v: 255 - v).save(out, "PNG")
+    canvas.save(out, "PNG")
     return out.getvalue()
 
 

@@ -412,9 +412,13 @@ def test_start_status_stop_in_the_background(tmp_path):
            # Above the kernel's limit, which would make uWSGI refuse to start: the launcher caps it.
            "LISTEN_BACKLOG": str(somaxconn * 10)}
 
+    # Only `start` is told the settings; the other commands find them in the run directory,
+    # as `PORT=9000 make start` then a plain `make reload` must.
+    only_run_dir = {k: v for k, v in env.items() if k not in ("PORT", "WORKERS", "NGINX_WORKERS", "LISTEN_BACKLOG")}
+
     def stack_py(command: str) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, str(STACK), command], env=env, capture_output=True, text=True,
-                              timeout=180)
+        return subprocess.run([sys.executable, str(STACK), command], env=env if command == "start" else only_run_dir,
+                              capture_output=True, text=True, timeout=180)
 
     started = stack_py("start")
     try:
@@ -428,6 +432,9 @@ def test_start_status_stop_in_the_background(tmp_path):
         assert re.findall(r"worker \d: pid \d+", status.stdout) and f"/{somaxconn}" in status.stdout
         again = stack_py("start")
         assert again.returncode == 0 and f"already running (pid {pid})" in again.stdout
+        reloaded = stack_py("reload")
+        assert reloaded.returncode == 0 and "reloaded 2 workers" in reloaded.stdout, reloaded.stdout + reloaded.stderr
+        assert requests.get(f"http://127.0.0.1:{env['PORT']}/readyz", timeout=10).status_code == 200
     finally:
         stopped = stack_py("stop")
     assert stopped.returncode == 0 and "stopped" in stopped.stdout, stopped.stdout + stopped.stderr

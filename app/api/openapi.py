@@ -27,6 +27,12 @@ ERRORS = {
     "422": _error("Wrong tensor shape or datatype"),
     "503": _error("Not ready"),
 }
+# What nginx answers on the inference endpoints before the app sees the request.
+OVERLOAD = {
+    "429": _error("Rate limited per client address (Retry-After)"),
+    "502": _error("The worker died mid-request (time limit or restart)"),
+    "503": _error("Overloaded: every worker busy and the queue full (Retry-After)"),
+}
 # Operations any client may call, with or without API keys on the server (see app/auth.py).
 OPEN = {"security": []}
 UNAUTHORIZED = {
@@ -120,7 +126,7 @@ SPEC = {
                                             "description": "Sent with binary outputs"}},
                 "content": {**_json("InferenceResponse"),
                             "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}},
-            }, **{k: ERRORS[k] for k in ("400", "404", "413", "415", "422")}},
+            }, **{k: ERRORS[k] for k in ("400", "404", "413", "415", "422")}, **OVERLOAD},
         }, method="post"),
         "/v2/repository/index": {"post": {"operationId": "repository_index",
                                           "responses": {"200": _ok("Every model version and its state")}}},
@@ -137,7 +143,7 @@ SPEC = {
                 "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
             }},
             "responses": {"200": _ok("Top-k labels and scores", "Prediction"),
-                          **{k: ERRORS[k] for k in ("400", "404", "413", "415")}},
+                          **{k: ERRORS[k] for k in ("400", "404", "413", "415")}, **OVERLOAD},
         }, method="post", prefix="/api/v1"),
     }),
     "components": {
