@@ -465,16 +465,20 @@ def cmd_status(config: StackConfig) -> int:
 
 
 def cmd_reload(config: StackConfig, timeout: float = 300) -> int:
-    """Re-render nginx and reload it, then chain-reload the workers one at a time."""
+    """Re-render nginx (reloading it if that changed anything), then chain-reload the workers one at a time."""
     try:
         before = {w["id"]: w["pid"] for w in uwsgi_stats(config)["workers"]}
     except OSError:
         print(f"no stack is running from {config.run_dir}", file=sys.stderr)
         return 1
     start = time.monotonic()
+    rendered = [config.path("nginx.conf"), config.path("modelstack.conf")]
+    before_render = [path.read_bytes() if path.exists() else b"" for path in rendered]
     render(config, config.run_dir)
     nginx_pid = _read_pid(config.path("nginx.pid"))
-    if nginx_pid:
+    # Only when its config changed: a reload retires nginx's workers, and a client that reuses
+    # a keep-alive connection just as its worker closes it sees the connection reset.
+    if nginx_pid and before_render != [path.read_bytes() for path in rendered]:
         os.kill(nginx_pid, signal.SIGHUP)
     os.utime(config.path("reload.trigger"))
     while time.monotonic() - start < timeout:

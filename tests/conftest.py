@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from .digits import held_out_digits
+from .slow_model import slow_model, three_png  # noqa: F401  (fixtures for the failure-mode tests)
 from .stackrunner import RunningStack, start_stack
 
 

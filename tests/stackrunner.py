@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import signal
@@ -129,3 +130,13 @@ def start_stack(run_dir: Path, timeout: float = 120, **env: str) -> RunningStack
             stack.stop()
             raise TimeoutError(f"stack not ready after {timeout} s:\n{log.read_text()}")
         time.sleep(0.2)
+
+
+def load_stack():
+    """deploy/stack.py as a module (it is a script, not a package)."""
+    if "modelstack_stack" not in sys.modules:
+        spec = importlib.util.spec_from_file_location("modelstack_stack", ROOT / "deploy" / "stack.py")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = module  # dataclasses look their module up while the class is built
+        spec.loader.exec_module(module)
+    return sys.modules["modelstack_stack"]

@@ -38,8 +38,7 @@ import requests
 import yaml
 
 from .digits import digit_png, held_out_digits
-from .stackrunner import ROOT, free_port
-from .test_vm_install import load_stack
+from .stackrunner import ROOT, free_port, load_stack
 
 DOCKERFILE = ROOT / "Dockerfile"
 DOCKERIGNORE = ROOT / ".dockerignore"

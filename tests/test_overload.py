@@ -22,8 +22,7 @@ import pytest
 import requests
 
 from .stackrunner import RunningStack, start_stack
-# The hung-model test's slow model, and its digit for the upload form; imported fixtures are this module's too.
-from .test_stack import SLOW_INFER, slow_model, three_png  # noqa: F401
+from .slow_model import SLOW_INFER
 
 WORKERS = 1
 BACKLOG = 4

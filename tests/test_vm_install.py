@@ -17,7 +17,6 @@ which comes from the internet, only as rendered files and as the clear failure o
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import re
@@ -32,6 +31,7 @@ import pytest
 import yaml
 
 from .digits import digit_png, held_out_digits
+from .stackrunner import load_stack
 
 ROOT = Path(__file__).resolve().parent.parent
 INSTALL = ROOT / "deploy" / "install.sh"
@@ -96,16 +96,6 @@ def nginx_t(site_dir: Path, tmp: Path) -> subprocess.CompletedProcess:
     (tmp / "nginx.conf").write_text(main)
     return subprocess.run([NGINX, "-t", "-e", "stderr", "-p", str(tmp), "-c", str(tmp / "nginx.conf")],
                           capture_output=True, text=True, timeout=30)
-
-
-def load_stack():
-    """deploy/stack.py as a module (it is a script, not a package)."""
-    if "modelstack_stack" not in sys.modules:
-        spec = importlib.util.spec_from_file_location("modelstack_stack", ROOT / "deploy" / "stack.py")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[spec.name] = module  # dataclasses look their module up while the class is built
-        spec.loader.exec_module(module)
-    return sys.modules["modelstack_stack"]
 
 
 @pytest.fixture(scope="module")
